@@ -1,0 +1,224 @@
+"""affpipe command line: commands parse and validate, then call the library (the Python API).
+
+Each command maps library errors to one clear line (click.ClickException) and a
+meaningful exit status; the work itself lives in pipeline/ and fusion/.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import click  # noqa: E402
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="affpipe")
+def main() -> None:
+    """affpipe: cached multimodal feature extraction and fusion training for valence/arousal."""
+
+
+# --- extraction commands (pipeline/) -------------------------------------------------------
+
+SCHEDULER_HELP = "processes (local spawned workers, default), threads, sync, or tcp://HOST:PORT of a dask scheduler"
+
+
+def _fail(exc: BaseException) -> click.ClickException:
+    """One clear line for errors of bad input (the library's messages name file, line, column)."""
+    return click.ClickException(str(exc))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@main.command()
+@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Manifest CSV (trial, video, split, ...).")
+@click.option("--cache", "-c", default="cache", show_default=True, type=click.Path(file_okay=False),
+              help="Cache root (shared by all workers).")
+@click.option("--config", type=click.Path(dir_okay=False), help="Stage settings (JSON or TOML); see `affpipe config show`.")
+@click.option("--stages", help="Comma-separated subset of stages; their dependencies are pulled in.")
+@click.option("--scheduler", default="processes", show_default=True, help=SCHEDULER_HELP)
+@click.option("--workers", type=click.IntRange(min=1), help="Local workers (processes/threads).")
+@click.option("--dry-run", is_flag=True, help="Print per stage what is cached, to compute, failed before; compute nothing.")
+@click.option("--retry-failed", is_flag=True, help="Re-run the (trial, stage) pairs in the failure ledger.")
+@click.option("--gpu", is_flag=True, help="GPU-capable stages ask Dask workers for resource GPU=1.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_failed, gpu, as_json):
+    """Extract features for every trial of a manifest into the shard cache."""
+    import json
+
+    from pipeline.config import ConfigError
+    from pipeline.manifest import ManifestError
+    from pipeline.plan import PlanError
+    from pipeline.runner import extract as run_extract
+    from pipeline.store import CacheError
+
+    stage_list = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    console = _console()
+    try:
+        summary = run_extract(manifest, cache=cache, config=config, stages=stage_list, scheduler=scheduler,
+                              workers=workers, dry_run=dry_run, retry_failed=retry_failed,
+                              progress=not as_json, gpu=gpu, console=None if (as_json or dry_run) else console)
+    except (ManifestError, ConfigError, PlanError, CacheError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+    elif dry_run:
+        click.echo(f"{'stage':<8} {'cached':>7} {'todo':>7} {'failed':>7} {'blocked':>7}")
+        for stage, c in summary.counts.items():
+            click.echo(f"{stage:<8} {c['cached']:>7} {c['todo']:>7} {c['failed-before']:>7} {c['blocked']:>7}")
+    else:
+        for f in summary.failures[:20]:
+            console.print(f"[red]failed[/red] {f['trial']} {f['stage']} ({f['kind']}): {f['message']}")
+        if len(summary.failures) > 20:
+            console.print(f"... and {len(summary.failures) - 20} more in {summary.cache}/ledger.jsonl")
+        console.print(f"shards in {summary.cache}; run summary {summary.summary_path}")
+    if not summary.ok and not dry_run:
+        raise SystemExit(1)
+
+
+@main.group()
+def cache():
+    """Inspect, verify and prune the shard cache."""
+
+
+@cache.command("ls")
+@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+def cache_ls(cache_dir):
+    """Per stage and settings: trials, frames, bytes."""
+    from pipeline.cache_admin import list_cache
+
+    rows = list_cache(cache_dir)
+    if not rows:
+        click.echo(f"{cache_dir}: no shards")
+        return
+    click.echo(f"{'stage':<8} {'trials':>6} {'frames':>9} {'MiB':>9}  settings")
+    for r in rows:
+        click.echo(f"{r['stage']:<8} {r['trials']:>6} {r['frames']:>9} {r['bytes'] / 2**20:>9.2f}  {r['settings']}")
+
+
+@cache.command("verify")
+@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+def cache_verify(cache_dir):
+    """Open every shard, check schema and counts, report bad ones (exit 1 if any)."""
+    from pipeline.cache_admin import verify_cache
+
+    report = verify_cache(cache_dir)
+    for path, problems in report.bad.items():
+        click.echo(f"BAD {path}: {'; '.join(problems)}")
+    if report.temporaries:
+        click.echo(f"{len(report.temporaries)} leftover temporary file(s) of killed writers (removed by `cache gc --yes`)")
+    click.echo(f"checked {report.checked} shard(s), {len(report.bad)} bad")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cache.command("gc")
+@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--manifest", "-m", required=True, multiple=True, type=click.Path(dir_okay=False))
+@click.option("--config", multiple=True, type=click.Path(dir_okay=False),
+              help="Config(s) whose shards to keep (repeatable; default settings when absent).")
+@click.option("--yes", is_flag=True, help="Really delete (otherwise only list).")
+def cache_gc(cache_dir, manifest, config, yes):
+    """Remove shards that no manifest+config references (dry run unless --yes)."""
+    from pipeline.cache_admin import referenced_paths
+    from pipeline.config import ConfigError
+    from pipeline.manifest import ManifestError, read_manifest
+    from pipeline.store import CacheStore
+
+    try:
+        keep = set()
+        for m in manifest:
+            trials = read_manifest(m)
+            for cfg in (config or (None,)):
+                keep |= referenced_paths(cache_dir, trials, cfg)
+    except (ManifestError, ConfigError) as exc:
+        raise _fail(exc) from None
+    store = CacheStore(cache_dir)
+    doomed = [p for p in store.iter_shards() if p not in keep] + list(store.iter_temporaries())
+    for p in doomed:
+        click.echo(("removed " if yes else "would remove ") + str(p))
+        if yes:
+            p.unlink(missing_ok=True)
+    click.echo(f"{len(doomed)} file(s) {'removed' if yes else 'unreferenced (use --yes to delete)'}")
+
+
+@main.group()
+def config():
+    """Stage settings."""
+
+
+@config.command("show")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Resolve this file over the defaults.")
+@click.option("--preset", type=click.Choice(["default", "paper"]), help="Show a named preset.")
+def config_show(config_file, preset):
+    """Print the resolved settings of every stage (JSON, usable as --config)."""
+    import json
+
+    from pipeline.config import ConfigError, show_config
+
+    try:
+        resolved = show_config(config_file if config_file else ({"preset": preset} if preset else None))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    click.echo(json.dumps(resolved, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--stage", help="Only this stage.")
+def failures(cache_dir, stage):
+    """List the failure ledger (latest entry per shard that still has no output)."""
+    from pipeline.store import CacheStore
+
+    entries = CacheStore(cache_dir).failed_keys().values()
+    shown = [e for e in entries if not stage or e.stage == stage]
+    for e in shown:
+        click.echo(f"{e.trial}\t{e.stage}\t{e.kind}\t{e.message}")
+    click.echo(f"{len(shown)} open failure(s); re-run them with `affpipe extract --retry-failed`", err=True)
+
+
+# --- manifest commands ----------------------------------------------------------------------
+
+
+@main.group("manifest")
+def manifest_group() -> None:
+    """Build manifest CSVs (one row per trial) from dataset trees."""
+
+
+@manifest_group.command("affwild2")
+@click.option("--root", required=True, type=click.Path(path_type=Path),
+              help="Aff-Wild2 release folder (videos, annotations, cropped_aligned at any depth).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest CSV to write, e.g. manifests/affwild2.csv.")
+@click.option("--test-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ABAW test-set name list (e.g. Valence_Arousal_Estimation_Challenge_test_set_release.txt).")
+@click.option("--track", type=click.Choice(["VA", "EXPR", "AU"], case_sensitive=False), default="VA",
+              show_default=True, help="Annotation track whose Train_Set/Validation_Set folders are used.")
+def manifest_affwild2(root: Path, out: Path, test_list: Path | None, track: str) -> None:
+    """Scan an Aff-Wild2 tree and write a manifest; exit 1 when no trial matched a video."""
+    from pipeline.affwild2 import AffWild2Error, build_affwild2_manifest, format_report
+    from pipeline.manifest import ManifestError
+
+    try:
+        report = build_affwild2_manifest(root, out, track=track, test_list=test_list)
+    except (AffWild2Error, ManifestError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or out}: {exc.strerror or exc}") from None
+    click.echo(format_report(report))
+    if test_list is None and report.unused_videos:
+        click.echo("hint: no --test-list given; unused videos are often the test set")
+
+
+# --- training commands (fusion/) ------------------------------------------------------------
+
+
+if __name__ == "__main__":
+    main()

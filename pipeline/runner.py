@@ -1,0 +1,335 @@
+"""Run a plan on Dask: one task per (trial, stage), any scheduler, live progress, failure ledger.
+
+The scheduler is passed in by name, never owned beyond the run: `sync` and
+`threads` use Dask's local schedulers in this process, `processes` starts a
+`distributed.LocalCluster` of spawned single-threaded workers (models load once
+per worker), and `tcp://host:port` drives an existing `dask scheduler` /
+`dask worker` cluster whose workers share the cache path.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import dask
+from dask.callbacks import Callback
+
+from .config import build_stages
+from .manifest import Trial, read_manifest
+from .plan import Task, fingerprint, make_plan, stage_order
+from .store import CacheStore
+from .worker import compute_shard
+
+STATUSES = ("cached", "done", "failed", "blocked", "failed-before")
+
+
+@dataclass
+class ExtractSummary:
+    """What one `extract` run did, per stage (tests and scripts read this, not timings)."""
+
+    counts: dict[str, dict[str, int]]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    dry_run: bool = False
+    cache: str = ""
+    summary_path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(c.get("failed", 0) + c.get("blocked", 0) + c.get("failed-before", 0) == 0
+                   for c in self.counts.values())
+
+    def computed(self, stage: str | None = None) -> int:
+        stages = [stage] if stage else list(self.counts)
+        return sum(self.counts[s].get("done", 0) for s in stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"counts": self.counts, "failures": self.failures, "seconds": self.seconds,
+                "dry_run": self.dry_run, "cache": self.cache, "ok": self.ok}
+
+
+# -- schedulers ---------------------------------------------------------------------------------
+
+class AffpipeWorkerPlugin:
+    """Per-worker setup: torch threads = cores / workers on the host; models dropped on teardown."""
+
+    name = "affpipe"
+
+    def __init__(self, torch_threads: int | None = None):
+        self.torch_threads = torch_threads
+
+    def setup(self, worker: Any) -> None:
+        from .resources import configure_torch_threads
+
+        configure_torch_threads(self.torch_threads)
+
+    def teardown(self, worker: Any) -> None:
+        from .resources import clear_models
+
+        clear_models()
+
+
+def _worker_plugin(torch_threads: int | None) -> Any:
+    from distributed import WorkerPlugin
+
+    class _Plugin(AffpipeWorkerPlugin, WorkerPlugin):
+        pass
+
+    return _Plugin(torch_threads)
+
+
+@contextmanager
+def distributed_client(scheduler: str, workers: int | None) -> Iterator[Any]:
+    """A `distributed.Client` for 'processes' (a local spawned cluster) or a tcp:// address."""
+    from distributed import Client, LocalCluster
+
+    # The nanny's default MALLOC_TRIM_THRESHOLD_ halved InceptionResnetV1 speed here; unset it.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                          "distributed.worker.multiprocessing-method": "spawn",
+                          "distributed.worker.daemon": False}):
+        if scheduler == "processes":
+            n = workers or max(1, min(os.cpu_count() or 1, 4))
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+            client = Client(cluster)
+            threads = max(1, (os.cpu_count() or 1) // n)
+        else:
+            cluster = None
+            client = Client(scheduler, timeout="20s")
+            hosts: dict[str, int] = {}
+            for w in client.scheduler_info(n_workers=-1)["workers"].values():
+                hosts[w["host"]] = hosts.get(w["host"], 0) + 1
+            threads = None if not hosts else max(1, (os.cpu_count() or 1) // max(hosts.values()))
+        try:
+            client.register_plugin(_worker_plugin(threads), name="affpipe")
+            yield client
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+class _LocalProgress(Callback):
+    """Feeds task starts and results of Dask's local schedulers to the progress display."""
+
+    def __init__(self, on_start: Callable[[str], None], on_result: Callable[[str, dict], None]):
+        super().__init__()
+        self.on_start, self.on_result = on_start, on_result
+
+    def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+        self.on_start(key if isinstance(key, str) else str(key))
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(result, dict) and "status" in result:
+            self.on_result(key if isinstance(key, str) else str(key), result)
+
+
+# -- progress display ---------------------------------------------------------------------------
+
+class StageProgress:
+    """Live per-stage counts (done / cached / failed / running) with rich, then a summary table."""
+
+    def __init__(self, tasks: list[Task], order: list[str], enabled: bool = True):
+        self.order = order
+        self.counts = {s: {k: 0 for k in (*STATUSES, "running", "todo")} for s in order}
+        self.total = {s: 0 for s in order}
+        for t in tasks:
+            self.total[t.stage] += 1
+            key = "todo" if t.status == "todo" else t.status
+            self.counts[t.stage][key] += 1
+        self.enabled = enabled
+        self._progress = None
+        self._ids: dict[str, Any] = {}
+
+    def __enter__(self) -> "StageProgress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), transient=False)
+            self._progress.__enter__()
+            for s in self.order:
+                self._ids[s] = self._progress.add_task(s, total=self.total[s], counts="")
+            self._refresh()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._refresh()
+            self._progress.__exit__(*exc)
+
+    def _refresh(self) -> None:
+        if self._progress is None:
+            return
+        for s in self.order:
+            c = self.counts[s]
+            finished = c["cached"] + c["done"] + c["failed"] + c["blocked"] + c["failed-before"]
+            text = (f"done {c['done']}  cached {c['cached']}  failed {c['failed'] + c['failed-before']}"
+                    f"  blocked {c['blocked']}  running {c['running']}")
+            self._progress.update(self._ids[s], completed=finished, counts=text)
+
+    def started(self, stage: str) -> None:
+        self.counts[stage]["running"] += 1
+        self._refresh()
+
+    def finished(self, stage: str, status: str, was_running: bool) -> None:
+        c = self.counts[stage]
+        if was_running:
+            c["running"] = max(0, c["running"] - 1)
+        c["todo"] = max(0, c["todo"] - 1)
+        c[status] += 1
+        self._refresh()
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="affpipe extract")
+        for col in ("stage", "trials", "computed", "cached", "failed", "failed before", "blocked"):
+            table.add_column(col, justify="right" if col != "stage" else "left")
+        for s in self.order:
+            c = self.counts[s]
+            table.add_row(s, str(self.total[s]), str(c["done"]), str(c["cached"]), str(c["failed"]),
+                          str(c["failed-before"]), str(c["blocked"]))
+        return table
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def _spec(task: Task, store: CacheStore, settings: dict[str, Any], paths: dict[tuple[str, str], Path],
+          stages: dict[str, Any]) -> dict[str, Any]:
+    stage = stages[task.stage]
+    return {
+        "cache": str(store.root),
+        "stage": task.stage,
+        "settings": settings,
+        "trial": task.trial.to_dict(),
+        "key": task.key,
+        "path": str(task.path),
+        "upstream": {dep: str(paths[(task.trial.trial, dep)]) for dep in task.upstream},
+        "upstream_keys": task.upstream,
+        "fingerprint": [fingerprint(p) for p in stage.input_files(task.trial)],
+    }
+
+
+def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
+            config: dict[str, Any] | str | Path | None = None, stages: list[str] | None = None,
+            scheduler: str = "processes", workers: int | None = None, dry_run: bool = False,
+            retry_failed: bool = False, progress: bool = True, gpu: bool = False,
+            console: Any = None) -> ExtractSummary:
+    """Extract the selected stages (and their dependencies) for every trial of a manifest.
+
+    This is the Python API behind `affpipe extract`; it returns an `ExtractSummary`.
+    """
+    started = time.time()
+    trials = read_manifest(manifest) if not isinstance(manifest, list) else manifest
+    stage_objs = build_stages(config)
+    order = stage_order(stages)
+    store = CacheStore(cache)
+    if not dry_run:
+        store.ensure_writable()
+    tasks = make_plan(trials, stage_objs, order, store, retry_failed=retry_failed)
+    prog = StageProgress(tasks, order, enabled=progress and not dry_run)
+    failures: list[dict[str, Any]] = []
+
+    if dry_run:
+        counts = {s: {k: prog.counts[s][k] for k in ("cached", "todo", "failed-before", "blocked")} for s in order}
+        return ExtractSummary(counts, [], time.time() - started, True, str(store.root))
+
+    known = {e.key for e in store.ledger()}
+    for t in tasks:  # inputs missing at plan time: one ledger entry per (trial, stage, key)
+        if t.status == "blocked" and not t.blocked_by:
+            if t.key not in known:
+                store.record_failure(t.trial.trial, t.stage, t.key, t.error_kind, t.error)
+            failures.append({"trial": t.trial.trial, "stage": t.stage, "kind": t.error_kind, "message": t.error})
+
+    import dataclasses as _dc
+
+    settings = {name: _dc.asdict(obj.settings) for name, obj in stage_objs.items()}
+    paths = {(t.trial.trial, t.stage): t.path for t in tasks if t.path is not None}
+    by_name = {t.name: t for t in tasks}
+    graph: dict[tuple[str, str], Any] = {}
+    todo = [t for t in tasks if t.status == "todo"]
+    upstream_index = {(t.trial.trial, t.stage): t for t in tasks}
+    for t in todo:
+        ups = []
+        for dep in stage_objs[t.stage].inputs:
+            dep_task = upstream_index[(t.trial.trial, dep)]
+            ups.append(graph[(t.trial.trial, dep)] if dep_task.status == "todo"
+                       else {"status": dep_task.status, "stage": dep})
+        annotations = {"resources": {"GPU": 1}} if gpu and stage_objs[t.stage].gpu_capable else {}
+        with dask.annotate(**annotations):
+            graph[(t.trial.trial, t.stage)] = dask.delayed(compute_shard, pure=False)(
+                _spec(t, store, settings[t.stage], paths, stage_objs), *ups, dask_key_name=t.name)
+
+    running: set[str] = set()
+
+    def on_start(name: str) -> None:
+        if name in by_name:
+            running.add(name)
+            prog.started(by_name[name].stage)
+
+    def on_result(name: str, result: dict[str, Any]) -> None:
+        task = by_name.get(name)
+        if task is None:
+            return
+        status = result["status"]
+        if status == "failed":
+            store.record_failure(result["trial"], result["stage"], result["key"], result["kind"],
+                                 result["message"], result.get("traceback", ""))
+            failures.append({k: result[k] for k in ("trial", "stage", "kind", "message")})
+        prog.finished(task.stage, status, name in running)
+        running.discard(name)
+
+    delayed = list(graph.values())
+    with prog:
+        if delayed:
+            if scheduler in ("sync", "threads"):
+                from .resources import configure_torch_threads
+
+                n = workers or (os.cpu_count() or 1)
+                configure_torch_threads(max(1, (os.cpu_count() or 1) // (n if scheduler == "threads" else 1)))
+                with _LocalProgress(on_start, on_result):
+                    dask.compute(*delayed, scheduler="synchronous" if scheduler == "sync" else "threads",
+                                 num_workers=n)
+            else:
+                _run_distributed(delayed, scheduler, workers, on_start, on_result, by_name, store)
+    summary = ExtractSummary({s: {k: prog.counts[s][k] for k in STATUSES} for s in order}, failures,
+                             time.time() - started, False, str(store.root))
+    summary.summary_path = str(store.save_run_summary(summary.to_dict()))
+    if console is not None:
+        console.print(prog.table())
+    return summary
+
+
+def _run_distributed(delayed: list[Any], scheduler: str, workers: int | None,
+                     on_start: Callable[[str], None], on_result: Callable[[str, dict], None],
+                     by_name: dict[str, Task], store: CacheStore) -> None:
+    """Submit every task (each delayed is one (trial, stage)), then poll results and what is running."""
+    from distributed import as_completed
+
+    if not (scheduler == "processes" or scheduler.startswith("tcp://")):
+        raise ValueError(f"unknown scheduler {scheduler!r}: use processes, threads, sync or tcp://HOST:PORT")
+    with distributed_client(scheduler, workers) as client:
+        futures = client.compute(delayed, optimize_graph=False)
+        pending = as_completed(futures)
+        started: set[str] = set()
+        while not pending.is_empty():
+            for name in {str(k) for keys in client.processing().values() for k in keys} - started:
+                if name in by_name:
+                    started.add(name)
+                    on_start(name)
+            for fut in pending.next_batch(block=False):
+                name = fut.key if isinstance(fut.key, str) else str(fut.key)
+                try:
+                    result = fut.result()
+                except Exception as exc:  # noqa: BLE001  a worker died (segfault, OOM): record, go on
+                    task = by_name[name]
+                    result = {"trial": task.trial.trial, "stage": task.stage, "key": task.key,
+                              "status": "failed", "kind": type(exc).__name__,
+                              "message": f"{task.trial.video}: worker failed: {exc}"}
+                on_result(name, result)
+            time.sleep(0.1)

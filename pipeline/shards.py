@@ -1,0 +1,184 @@
+"""HDF5 shard files: one per (trial, stage, key), keyed by frame.
+
+Layout of a shard:
+  /frame     int64  [n]        0-based frame index in the video
+  /time      float64 [n]       seconds, from the decoder's timestamps
+  /features  [n, dim]          chunked along time, uncompressed (see below)
+  /valid     bool [n]          face found / audio covered / word present / labelled
+  /<extra>   any               stage-specific (boxes, landmarks, segments, ...)
+  root attrs: trial, stage, key, version, settings (JSON), upstream (JSON),
+              fingerprint (JSON), versions (JSON), weights, fps, n_decoded,
+              n_container, n_labelled, ... plus the stage's own attrs.
+
+Frame-keyed arrays are uncompressed: gzip on float16 embeddings saved ~15% of
+the bytes but made random 300-frame window reads ~16x slower, and the trainer
+does exactly those reads. Files are written under a temporary name in the same
+folder and renamed, so a killed writer never leaves a half shard in place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .stage import ShardData
+
+SCHEMA_VERSION = 1
+FRAME_KEYED = ("frame", "time", "features", "valid")
+TIME_CHUNK = 512  # rows per HDF5 chunk along time (a 300-frame window touches 1-2 chunks)
+
+
+class ShardError(RuntimeError):
+    """A shard file that cannot be read or fails its schema check."""
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool, np.integer, np.floating, np.bool_)):
+        return value
+    if value is None:
+        return "null"
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{" or value == "null":
+        try:
+            return json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _dataset(h5: h5py.File, name: str, data: np.ndarray, frame_keyed: bool) -> None:
+    data = np.asarray(data)
+    if data.dtype.kind == "U":
+        h5.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype())
+        return
+    if data.dtype == object:
+        h5.create_dataset(name, data=data, dtype=h5py.string_dtype())
+        return
+    chunks = None
+    if frame_keyed and data.ndim >= 1 and data.shape[0] > 0:
+        chunks = (min(TIME_CHUNK, data.shape[0]),) + tuple(data.shape[1:])
+    h5.create_dataset(name, data=data, chunks=chunks)
+
+
+def write_shard(path: Path, *, frame: np.ndarray, time: np.ndarray, features: np.ndarray | None,
+                valid: np.ndarray | None, extras: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
+    """Write a complete shard atomically (temporary file + fsync + rename)."""
+    n = int(frame.shape[0])
+    if time.shape[0] != n:
+        raise ShardError(f"{path}: time has {time.shape[0]} rows, frame has {n}")
+    if features is not None and features.shape[0] != n:
+        raise ShardError(f"{path}: features have {features.shape[0]} rows for {n} frames")
+    if valid is not None and valid.shape[0] != n:
+        raise ShardError(f"{path}: valid has {valid.shape[0]} rows for {n} frames")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            _dataset(h5, "frame", np.asarray(frame, dtype=np.int64), True)
+            _dataset(h5, "time", np.asarray(time, dtype=np.float64), True)
+            if features is not None:
+                _dataset(h5, "features", features, True)
+            if valid is not None:
+                _dataset(h5, "valid", np.asarray(valid, dtype=bool), True)
+            for name, data in extras.items():
+                if name in FRAME_KEYED:
+                    raise ShardError(f"{path}: extra dataset name {name!r} is reserved")
+                arr = np.asarray(data)
+                _dataset(h5, name, arr, arr.ndim >= 1 and arr.shape[0] == n)
+            h5.attrs["schema"] = SCHEMA_VERSION
+            h5.attrs["n_frames"] = n
+            for k, v in attrs.items():
+                h5.attrs[k] = _attr_value(v)
+            h5.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_attrs(path: Path) -> dict[str, Any]:
+    """Root attributes only (cheap: used by `cache ls`)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return {k: _decode_attr(v) for k, v in h5.attrs.items()}
+    except (OSError, KeyError) as exc:
+        raise ShardError(f"{path}: cannot open shard ({exc})") from None
+
+
+def read_shard(path: Path, rows: slice | None = None) -> ShardData:
+    """Read a whole shard, or only `rows` of its frame-keyed arrays."""
+    sel = rows if rows is not None else slice(None)
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = {k: _decode_attr(v) for k, v in h5.attrs.items()}
+            n = int(attrs.get("n_frames", h5["frame"].shape[0]))
+            extras = {}
+            for name in h5.keys():
+                if name in FRAME_KEYED:
+                    continue
+                ds = h5[name]
+                data = ds[sel] if (ds.ndim >= 1 and ds.shape[0] == n and rows is not None) else ds[()]
+                if h5py.check_string_dtype(ds.dtype) is not None:
+                    data = np.array([x.decode() if isinstance(x, bytes) else x for x in np.atleast_1d(data)],
+                                    dtype=object)
+                extras[name] = data
+            return ShardData(
+                stage=str(attrs.get("stage", "")),
+                key=str(attrs.get("key", "")),
+                path=Path(path),
+                frame=h5["frame"][sel],
+                time=h5["time"][sel],
+                features=h5["features"][sel] if "features" in h5 else None,
+                valid=h5["valid"][sel] if "valid" in h5 else None,
+                extras=extras,
+                attrs=attrs,
+            )
+    except (OSError, KeyError) as exc:
+        raise ShardError(f"{path}: cannot read shard ({exc})") from None
+
+
+def verify_shard(path: Path) -> list[str]:
+    """Schema and count checks; returns a list of problems (empty when the shard is sound)."""
+    problems: list[str] = []
+    try:
+        with h5py.File(path, "r") as h5:
+            for name in ("frame", "time"):
+                if name not in h5:
+                    problems.append(f"missing dataset /{name}")
+            for name in ("trial", "stage", "key", "n_frames", "schema"):
+                if name not in h5.attrs:
+                    problems.append(f"missing attribute {name}")
+            if problems:
+                return problems
+            n = int(h5.attrs["n_frames"])
+            for name in FRAME_KEYED:
+                if name in h5 and h5[name].shape[0] != n:
+                    problems.append(f"/{name} has {h5[name].shape[0]} rows, n_frames is {n}")
+            if "features" in h5:
+                feats = h5["features"][()]
+                if feats.dtype.kind == "f" and not np.isfinite(feats).all():
+                    problems.append("/features holds NaN or inf")
+            frame = h5["frame"][()]
+            if n and not np.array_equal(frame, np.arange(n)):
+                problems.append("/frame is not 0..n-1")
+            stem_key = Path(path).stem.rsplit(".", 1)[-1]
+            if not str(h5.attrs["key"]).startswith(stem_key):
+                problems.append(f"key attribute {h5.attrs['key']} does not match file name")
+    except (OSError, KeyError, ValueError) as exc:
+        problems.append(f"cannot open: {exc}")
+    return problems

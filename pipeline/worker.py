@@ -1,0 +1,98 @@
+"""What runs inside a Dask task: compute one (trial, stage) shard, or say why not.
+
+Only small dicts travel through the scheduler (a task spec in, a status out);
+arrays go from the stage straight into the shard file on the shared cache
+path. Failures are returned as values, not raised, so Dask never retries or
+cancels the other trials: the driver turns them into ledger entries.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .manifest import Trial
+from .shards import read_shard, write_shard
+from .stage import STAGES, StageError, StageOutput, settings_from_dict
+from .store import CacheStore, format_exception
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that can change the numbers in a shard."""
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("affpipe", "torch", "torchaudio", "torchvision", "facenet-pytorch", "decord",
+                 "sentence-transformers", "numpy", "h5py"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _check_rows(stage: str, out: StageOutput, n: int) -> None:
+    """Every frame-keyed array must have exactly one row per decoded frame."""
+    for name, arr in (("features", out.features), ("valid", out.valid)):
+        if arr is not None and arr.shape[0] != n:
+            raise StageError("frame-count", f"stage {stage} returned {arr.shape[0]} rows of {name} for {n} frames")
+
+
+def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> dict[str, Any]:
+    """Run one stage for one trial and write its shard; return a small status dict.
+
+    `spec`: cache, stage, settings (dict), trial (dict), key, path, upstream {stage: path}.
+    """
+    from . import stages as _register  # noqa: F401  (registers stages in a fresh worker process)
+
+    started = time.time()
+    base = {"stage": spec["stage"], "trial": spec["trial"]["trial"], "key": spec["key"]}
+    for res in upstream_results:
+        if res.get("status") not in ("done", "cached"):
+            return {**base, "status": "blocked", "kind": res.get("kind", "upstream-failed"),
+                    "message": f"upstream {res.get('stage')} did not complete: {res.get('message', '')}"}
+    store = CacheStore(spec["cache"])
+    path = Path(spec["path"])
+    try:
+        with store.lock(spec["key"]):
+            if path.exists():  # another run finished it while we waited for the lock
+                return {**base, "status": "cached"}
+            trial = Trial.from_dict(spec["trial"])
+            cls = STAGES[spec["stage"]]
+            stage = cls(settings_from_dict(cls, spec["settings"]))
+            upstream = {name: read_shard(Path(p)) for name, p in spec["upstream"].items()}
+            out = stage.run(trial, upstream)
+            if spec["stage"] == "probe" or out.time is not None:
+                time_grid = np.asarray(out.time, dtype=np.float64)
+            else:
+                time_grid = upstream["probe"].time
+            n = int(time_grid.shape[0])
+            _check_rows(spec["stage"], out, n)
+            probe_attrs = upstream["probe"].attrs if "probe" in upstream else out.attrs
+            attrs = {
+                "fps": probe_attrs.get("fps"),
+                "n_decoded": probe_attrs.get("n_decoded", n),
+                "n_container": probe_attrs.get("n_container"),
+                "weights": "none",
+                **out.attrs,
+                "trial": trial.trial,
+                "stage": spec["stage"],
+                "key": spec["key"],
+                "version": cls.version,
+                "settings": spec["settings"],
+                "upstream": spec["upstream_keys"],
+                "fingerprint": spec["fingerprint"],
+                "versions": library_versions(),
+                "created": time.time(),
+            }
+            write_shard(path, frame=np.arange(n, dtype=np.int64), time=time_grid, features=out.features,
+                        valid=out.valid, extras=out.extras, attrs=attrs)
+    except StageError as exc:
+        return {**base, "status": "failed", "kind": exc.kind, "message": str(exc),
+                "traceback": format_exception(exc)}
+    except Exception as exc:  # noqa: BLE001  one broken trial must never stop the others
+        return {**base, "status": "failed", "kind": type(exc).__name__,
+                "message": f"{spec['trial']['video']}: {exc}", "traceback": format_exception(exc)}
+    return {**base, "status": "done", "seconds": time.time() - started, "frames": n}
