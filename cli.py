@@ -220,5 +220,148 @@ def manifest_affwild2(root: Path, out: Path, test_list: Path | None, track: str)
 # --- training commands (fusion/) ------------------------------------------------------------
 
 
+def _fusion_errors():
+    """Library errors of the training side that mean bad input, not a bug (-> one line, exit 1)."""
+    from pipeline.config import ConfigError
+    from pipeline.manifest import ManifestError
+    from pipeline.reader import MissingShardsError
+    from pipeline.shards import ShardError
+    from pipeline.store import CacheError
+
+    from fusion.runs import FusionError
+
+    return (FusionError, ConfigError, ManifestError, MissingShardsError, ShardError, CacheError, ValueError)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+@main.command()
+@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
+@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False),
+              help="Shard cache filled by `affpipe extract`.")
+@click.option("--fusion", required=True, help="Fusion head (see `affpipe heads`).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create (or resume).")
+@click.option("--modalities", help="Comma-separated, e.g. visual,audio,text (default: the config's).")
+@click.option("--epochs", type=click.IntRange(min=0), help="Epochs (default: the config's).")
+@click.option("--fold", type=click.IntRange(min=0),
+              help="Validate on fold K of the 6-fold scheme over train+val (0 = the official split).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Config file (JSON/TOML): its 'train' section, and the 'stages' that define the shards read.")
+@click.option("--seed", type=int, help="Random seed (default: the config's).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (after a kill or for more epochs).")
+def train(manifest, cache_dir, fusion, out, modalities, epochs, fold, config_file, seed, resume):
+    """Train a fusion head on cached features; validate every epoch; write a run folder."""
+    from fusion.train import train as run_train
+
+    try:
+        result = run_train(manifest, cache_dir, fusion, out, modalities=modalities, epochs=epochs, fold=fold,
+                           config=config_file, resume=resume, seed=seed, progress=True)
+    except _fusion_errors() as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; continue with `affpipe train ... --out {out} --resume`") from None
+    best = result.best or {}
+    click.echo(f"{out}: {result.epochs_run} epoch(s)" + (" (early stop)" if result.stopped_early else "")
+               + (f"; best epoch {result.best_epoch}: val ccc_v {_fmt(best.get('ccc_v'))} "
+                  f"ccc_a {_fmt(best.get('ccc_a'))} mean {_fmt(best.get('mean'))}" if result.best_epoch else ""))
+
+
+@main.command()
+def heads():
+    """List the fusion heads `affpipe train --fusion` accepts."""
+    from fusion.models import list_heads
+
+    for name in list_heads():
+        click.echo(name)
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False))
+@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Split as the run defined it (a fold run's val is its fold).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (with per-trial CCC) as JSON.")
+def evaluate(run_dir, manifest, cache_dir, split, as_json):
+    """CCC of a run's best checkpoint: per dimension, mean, and per trial."""
+    import json
+
+    from fusion.evaluate import evaluate as run_evaluate
+
+    try:
+        result = run_evaluate(run_dir, manifest, cache_dir, split=split, progress=not as_json)
+    except _fusion_errors() as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        return
+    r = result.report
+    click.echo(f"{'trial':<32} {'frames':>7} {'ccc_v':>7} {'ccc_a':>7} {'mean':>7}")
+    for t, m in sorted(r["per_trial"].items()):
+        click.echo(f"{t:<32} {m['n_labelled']:>7} {_fmt(m['ccc_v']):>7} {_fmt(m['ccc_a']):>7} {_fmt(m['mean']):>7}")
+    click.echo(f"{split} ({r['n_trials']} trials, {r['n_labelled']} labelled frames): ccc_v {_fmt(r['ccc_v'])} "
+               f"ccc_a {_fmt(r['ccc_a'])} mean {_fmt(r['mean'])}")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False))
+@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the <trial>.txt files.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+def predict(run_dir, manifest, cache_dir, out, split):
+    """Write ABAW submission files (<trial>.txt, one line per frame) from a run."""
+    from fusion.predict import predict as run_predict
+
+    try:
+        result = run_predict(run_dir, manifest, cache_dir, out, split=split, progress=True)
+    except _fusion_errors() as exc:
+        raise _fail(exc) from None
+    click.echo(f"{out}: {len(result.files)} file(s), {result.n_frames} frame(s)")
+
+
+@main.command("validate-submission")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False))
+@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False),
+              help="Cache with the trials' probe shards (the frame counts).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Config the cache was extracted with (when not the defaults).")
+def validate_submission(folder, manifest, cache_dir, split, config_file):
+    """Check a submission folder: every file, header, line count, values; exit 1 listing every problem."""
+    from fusion.predict import validate_submission as run_validate
+
+    try:
+        problems = run_validate(folder, manifest, cache_dir, split=split, config=config_file)
+    except _fusion_errors() as exc:
+        raise _fail(exc) from None
+    for p in problems:
+        click.echo(p)
+    if problems:
+        click.echo(f"{folder}: {len(problems)} problem(s)", err=True)
+        raise SystemExit(1)
+    click.echo(f"{folder}: valid {split} submission")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the merged <trial>.txt files.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+def ensemble(run_dirs, out, split):
+    """Merge fold runs' predictions (CCC centering) into one submission folder."""
+    from fusion.ensemble_cmd import ensemble as run_ensemble
+
+    try:
+        result = run_ensemble(run_dirs, out, split=split)
+    except _fusion_errors() as exc:
+        raise _fail(exc) from None
+    click.echo(f"{out}: {len(result.files)} file(s) merged from {result.n_inputs} inputs")
+
+
+
+
 if __name__ == "__main__":
     main()

@@ -37,6 +37,8 @@ class ExtractSummary:
     dry_run: bool = False
     cache: str = ""
     summary_path: str = ""
+    #: per stage: compute seconds summed over tasks and frames written (for benchmarks)
+    timing: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -49,7 +51,7 @@ class ExtractSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "failures": self.failures, "seconds": self.seconds,
-                "dry_run": self.dry_run, "cache": self.cache, "ok": self.ok}
+                "dry_run": self.dry_run, "cache": self.cache, "ok": self.ok, "timing": self.timing}
 
 
 # -- schedulers ---------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
                 _spec(t, store, settings[t.stage], paths, stage_objs), *ups, dask_key_name=t.name)
 
     running: set[str] = set()
+    timing: dict[str, dict[str, float]] = {}
 
     def on_start(name: str) -> None:
         if name in by_name:
@@ -277,6 +280,10 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
         if task is None:
             return
         status = result["status"]
+        if status == "done":
+            t = timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
+            t["seconds"] += result.get("seconds", 0.0)
+            t["frames"] += result.get("frames", 0)
         if status == "failed":
             store.record_failure(result["trial"], result["stage"], result["key"], result["kind"],
                                  result["message"], result.get("traceback", ""))
@@ -298,7 +305,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
             else:
                 _run_distributed(delayed, scheduler, workers, on_start, on_result, by_name, store)
     summary = ExtractSummary({s: {k: prog.counts[s][k] for k in STATUSES} for s in order}, failures,
-                             time.time() - started, False, str(store.root))
+                             time.time() - started, False, str(store.root), timing=timing)
     summary.summary_path = str(store.save_run_summary(summary.to_dict()))
     if console is not None:
         console.print(prog.table())

