@@ -1,0 +1,121 @@
+"""AVT-CA: "Audio-Video Transformer with Cross Attention for Multimodal Emotion Recognition" (2024).
+
+The paper classifies clips (CMU-MOSEI, RAVDESS, CREMA-D). Kept: per-modality
+inputs (here the TCN outputs) projected to `d_model`, `layers` rounds of
+cross-attention in every direction (each stream's queries attend to the keys
+and values of the other streams; pre-LayerNorm attention + MLP, residual added
+to each stream; all streams updated from the same round's inputs), then one
+multi-head self-attention block shared by all streams. Differences, for
+per-frame valence/arousal:
+
+- no pooling before the output: frame t's prediction is Linear(concat_m stream_m[t]);
+- the shared self-attention runs once over the joint token sequence (all
+  streams' frames, with a learned modality embedding so a token's stream is
+  known), which is how "shared by both streams" is read here;
+- a sinusoidal position encoding is added after the input projection (the
+  same position for frame t of every stream), since attention alone is
+  order-blind; any window length works;
+- with more than two modalities each stream attends to the concatenation of
+  all other streams' frames;
+- an optional pooled classification head (`n_classes` > 0): `classify`
+  averages the fused frames (valid frames only when a mask is given) and
+  returns clip logits.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import FusionHead, check_float, check_int, register_head
+
+
+def sinusoidal(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Transformer position encoding [length, dim] (Vaswani et al.); odd dims are handled by truncation."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return pe.to(dtype)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-LN (cross- or self-) attention + MLP, both residual on the query stream."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, cross: bool):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim) if cross else None
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(dim * mlp_ratio, dim), nn.Dropout(dropout))
+
+    def forward(self, q: Tensor, kv: Tensor | None = None) -> Tensor:
+        qn = self.norm_q(q)
+        kvn = qn if kv is None else self.norm_kv(kv)
+        q = q + self.attn(qn, kvn, kvn, need_weights=False)[0]
+        return q + self.mlp(self.norm_mlp(q))
+
+
+@register_head("avtca")
+class AVTCAHead(FusionHead):
+    options = {"d_model": 64, "heads": 4, "layers": 1, "mlp_ratio": 2, "attn_dropout": 0.1, "n_classes": 0}
+
+    def __init__(self, dims: dict[str, int], window: int, cfg: dict[str, Any]):
+        super().__init__(dims, window, cfg)
+        if len(dims) < 2:
+            raise ValueError(f"fusion head 'avtca' cross-attends between modalities and needs at least 2, "
+                             f"got {', '.join(dims) or 'none'}")
+        d = check_int(cfg, "d_model", self.name)
+        heads = check_int(cfg, "heads", self.name)
+        if d % heads:
+            raise ValueError(f"fusion head 'avtca': d_model ({d}) must be divisible by heads ({heads})")
+        layers = check_int(cfg, "layers", self.name)
+        ratio = check_int(cfg, "mlp_ratio", self.name)
+        dropout = check_float(cfg, "attn_dropout", self.name, 0.0, 1.0)
+        n_classes = check_int(cfg, "n_classes", self.name, low=0)
+        n = len(dims)
+        self.d_model = d
+        self.inp = nn.ModuleList([nn.Linear(dm, d) for dm in dims.values()])
+        self.modality_embedding = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.cross = nn.ModuleList([
+            nn.ModuleList([AttentionBlock(d, heads, ratio, dropout, cross=True) for _ in range(n)])
+            for _ in range(layers)
+        ])
+        self.shared = AttentionBlock(d, heads, ratio, dropout, cross=False)
+        self.norm = nn.LayerNorm(d)
+        self.out = nn.Linear(n * d, 2)
+        self.classifier = nn.Linear(n * d, n_classes) if n_classes else None
+
+    def fuse(self, feats: list[Tensor]) -> Tensor:
+        """Per-frame fused features [B, L, M * d_model] (input of both the regressor and the classifier)."""
+        b, length = feats[0].shape[:2]
+        pe = sinusoidal(length, self.d_model, feats[0].device, feats[0].dtype)
+        streams = [proj(x) + pe for proj, x in zip(self.inp, feats)]
+        for blocks in self.cross:
+            streams = [
+                block(s, torch.cat([o for j, o in enumerate(streams) if j != m], dim=1))
+                for m, (block, s) in enumerate(zip(blocks, streams))
+            ]
+        tokens = torch.cat([s + self.modality_embedding[m] for m, s in enumerate(streams)], dim=1)
+        tokens = self.norm(self.shared(tokens))  # [B, M*L, d]
+        return tokens.reshape(b, len(feats), length, self.d_model).transpose(1, 2).reshape(b, length, -1)
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        return self.out(self.fuse(feats))
+
+    def classify(self, feats: list[Tensor], mask: Tensor | None = None) -> Tensor:
+        """Clip logits [B, n_classes]: mean of the fused frames (masked-in frames only, when given)."""
+        if self.classifier is None:
+            raise RuntimeError("fusion head 'avtca' was built without a classifier: set n_classes > 0 in the model config")
+        fused = self.fuse(feats)
+        if mask is None:
+            pooled = fused.mean(dim=1)
+        else:
+            w = mask.to(fused.dtype)[..., None]
+            pooled = (fused * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+        return self.classifier(pooled)
