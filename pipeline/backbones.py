@@ -1,0 +1,255 @@
+"""Face embedding backbones by name: how to build each, what it eats, how wide its output is.
+
+The visual stage asks this registry for a name ("onet", "facenet", "ir50", or
+"random:<arch>") and gets back a loaded model plus the identity of its weights
+(sha256 of the file, "none" for random weights), which the stage records in its
+shard so every embedding says exactly which network produced it.
+
+Weights policy: pretrained weights that users must download (FaceNet 'vggface2',
+IR-50) are only read from local files; when absent the error says where to get
+them and where to put them. Random weights exist only under an explicit
+"random:" name, never as a silent fallback.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stage import StageError
+
+FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
+FACENET_FILE = "20180402-114759-vggface2.pt"
+FACENET_ENV = "AFFPIPE_FACENET_WEIGHTS"
+IR50_HINT = ("download an IR-50 checkpoint trained on MS-Celeb-1M, e.g. face.evoLVe's "
+             "'backbone_ir50_ms1m_epoch120.pth' (linked from github.com/ZhaoJ9014/face.evoLVe, "
+             "'Model Zoo'), and name its path in the visual stage's `weights` setting")
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the visual stage needs to know about an architecture without loading it."""
+
+    name: str
+    input_size: int  # square input side in pixels
+    mean: float  # input = (rgb_uint8 - mean) / std
+    std: float
+    dim: int
+    resize_mode: str  # torch interpolate mode from the aligned crop to input_size
+    #: (weights path or None, random) -> (torch module in eval mode, weights identity)
+    build: Callable[[str | None, bool], tuple[nn.Module, str]]
+
+
+@dataclass
+class LoadedBackbone:
+    spec: BackboneSpec
+    module: nn.Module
+    weights_id: str  # sha256 of the weight file, or "none"
+    device: str
+
+    def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 aligned faces [m,S,S,3] (RGB) -> float32 embeddings [m, dim]."""
+        out = np.zeros((faces.shape[0], self.spec.dim), dtype=np.float32)
+        size = self.spec.input_size
+        with torch.inference_mode():
+            for i in range(0, faces.shape[0], batch_size):
+                x = torch.from_numpy(np.require(faces[i:i + batch_size], requirements=("C", "W"))).to(self.device)
+                x = x.permute(0, 3, 1, 2).float()
+                if x.shape[-1] != size or x.shape[-2] != size:
+                    kwargs = {"align_corners": False, "antialias": True} if self.spec.resize_mode == "bilinear" else {}
+                    x = F.interpolate(x, size=(size, size), mode=self.spec.resize_mode, **kwargs)
+                x = (x - self.spec.mean) / self.spec.std
+                out[i:i + batch_size] = self.module(x).float().cpu().numpy()
+        return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module with fixed-seed random weights without disturbing the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return build()
+
+
+def _load_state_dict(path: Path, arch: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise StageError("bad-weights", f"{path}: cannot read {arch} weights ({type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StageError("bad-weights", f"{path}: {arch} weights are not a state_dict")
+    # checkpoints saved from nn.DataParallel prefix every key with "module."
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _strict_load(module, state: dict, path: Path, arch: str) -> None:
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[0]})")
+        if result.unexpected_keys:
+            parts.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[0]})")
+        raise StageError("bad-weights", f"{path}: not a {arch} state_dict: {'; '.join(parts)}")
+
+
+# --- facenet -----------------------------------------------------------------------------------
+
+def facenet_cache_path() -> Path:
+    """Where facenet-pytorch itself caches the 'vggface2' weights (its load_weights path)."""
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+
+    return Path(get_torch_home()) / "checkpoints" / FACENET_FILE
+
+
+def resolve_facenet_weights(weights: str | None) -> Path:
+    """The FaceNet weight file to use: explicit setting, then $AFFPIPE_FACENET_WEIGHTS, then facenet-pytorch's cache."""
+    hint = (f"download {FACENET_URL} and put it at {facenet_cache_path()} "
+            f"(facenet-pytorch's cache), or name the file with ${FACENET_ENV} or the visual stage's `weights` setting")
+    for source, value in (("setting `weights`", weights), (f"${FACENET_ENV}", os.environ.get(FACENET_ENV))):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise StageError("missing-weights", f"{path}: FaceNet weights named by {source} not found; {hint}")
+            return path
+    path = facenet_cache_path()
+    if not path.is_file():
+        raise StageError("missing-weights", f"FaceNet 'vggface2' weights not found at {path}; {hint}")
+    return path
+
+
+def _build_facenet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
+    from facenet_pytorch import InceptionResnetV1
+
+    if random:
+        return _seeded(lambda: InceptionResnetV1(pretrained=None, classify=False)), "none"
+    path = resolve_facenet_weights(weights)
+    state = _load_state_dict(path, "InceptionResnetV1")
+    # the released file carries the 8631-way VGGFace2 classifier; embeddings do not use it
+    state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+    model = InceptionResnetV1(pretrained=None, classify=False)
+    _strict_load(model, state, path, "InceptionResnetV1")
+    return model, sha256_file(path)
+
+
+# --- ir50 --------------------------------------------------------------------------------------
+
+def _build_ir50(weights: str | None, random: bool) -> tuple[nn.Module, str]:
+    from .ir50 import IR50
+
+    if random:
+        return _seeded(IR50), "none"
+    if not weights:
+        raise StageError("missing-weights", f"backbone 'ir50' needs a weight file: {IR50_HINT}")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise StageError("missing-weights", f"{path}: IR-50 weights not found; {IR50_HINT}")
+    model = IR50()
+    _strict_load(model, _load_state_dict(path, "IR-50"), path, "IR-50")
+    return model, sha256_file(path)
+
+
+# --- onet --------------------------------------------------------------------------------------
+
+class ONetEmbedding(nn.Module):
+    """MTCNN's ONet cut at its penultimate layer (dense5 + PReLU, 256-d).
+
+    Its weights ship inside facenet-pytorch, so this is the backbone that works
+    offline with no download. ONet was trained to judge 48x48 face crops, so its
+    penultimate activations carry coarse face shape/appearance: far weaker than
+    an identity network, but real learned features rather than noise.
+    """
+
+    def __init__(self, onet: nn.Module):
+        super().__init__()
+        self.net = onet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.pool1(n.prelu1(n.conv1(x)))
+        x = n.pool2(n.prelu2(n.conv2(x)))
+        x = n.pool3(n.prelu3(n.conv3(x)))
+        x = n.prelu4(n.conv4(x))
+        x = x.permute(0, 3, 2, 1).contiguous()  # ONet's own (Caffe-era) flatten order
+        return n.prelu5(n.dense5(x.view(x.shape[0], -1)))
+
+
+def onet_weights_path() -> Path:
+    import facenet_pytorch
+
+    return Path(facenet_pytorch.__file__).parent / "data" / "onet.pt"
+
+
+def _build_onet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
+    from facenet_pytorch.models.mtcnn import ONet
+
+    if random:
+        return ONetEmbedding(_seeded(lambda: ONet(pretrained=False))), "none"
+    path = Path(weights).expanduser() if weights else onet_weights_path()
+    if not path.is_file():
+        raise StageError("missing-weights", f"{path}: ONet weights not found (they ship inside facenet-pytorch "
+                                            f"as facenet_pytorch/data/onet.pt; reinstall facenet-pytorch==2.5.3)")
+    net = ONet(pretrained=False)
+    _strict_load(net, _load_state_dict(path, "ONet"), path, "ONet")
+    return ONetEmbedding(net), sha256_file(path)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "onet": BackboneSpec("onet", 48, 127.5, 128.0, 256, "area", _build_onet),
+    "facenet": BackboneSpec("facenet", 160, 127.5, 128.0, 512, "bilinear", _build_facenet),
+    "ir50": BackboneSpec("ir50", 112, 127.5, 128.0, 512, "bilinear", _build_ir50),
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Spec for `name` ("random:<arch>" shares <arch>'s spec); a clear error for unknown names."""
+    arch = name.split(":", 1)[1] if name.startswith("random:") else name
+    if arch not in BACKBONES:
+        known = ", ".join(list(BACKBONES) + [f"random:{k}" for k in BACKBONES])
+        raise ValueError(f"unknown backbone {name!r} (known: {known})")
+    return BACKBONES[arch]
+
+
+def load_backbone(name: str, weights: str | None = None, device: str = "cpu") -> LoadedBackbone:
+    """Build backbone `name` with its weights on `device`, in eval mode."""
+    spec = get_spec(name)
+    random = name.startswith("random:")
+    if random and weights:
+        raise ValueError(f"backbone {name!r} uses random weights; do not also name a weight file ({weights})")
+    module, weights_id = spec.build(weights, random)
+    module = module.to(device).eval()
+    return LoadedBackbone(spec=spec, module=module, weights_id=weights_id, device=device)
+
+
+def weights_file(name: str, weights: str | None) -> Path | None:
+    """The weight file a backbone would read, when it exists (its content belongs in the cache key)."""
+    if name.startswith("random:"):
+        return None
+    try:
+        if name == "facenet":
+            return resolve_facenet_weights(weights)
+        if name == "onet":
+            path = Path(weights).expanduser() if weights else onet_weights_path()
+        else:
+            path = Path(weights).expanduser() if weights else None
+    except StageError:
+        return None
+    return path if path is not None and path.is_file() else None

@@ -1,0 +1,259 @@
+"""The `faces` stage: where the subject's face is in every frame (box, 5 landmarks, score).
+
+Detection is separated from embedding (the `visual` stage) because detection is
+the expensive step and the part that does not change when a backbone is
+swapped: visual re-aligns from these stored landmarks, so trying another
+backbone never re-runs MTCNN.
+
+Detection: facenet-pytorch's MTCNN, batched, on uint8 tensors (its crop path
+fails on numpy frames; we never use the crop path). With ``detect_every = k``
+only every k-th frame (and the last) is detected; frames in between take the
+linear interpolation of the tracked box and landmarks of the detections around
+them (see `pipeline.tracking.fill_between`). ``detect_scale < 1`` detects on
+downscaled frames and maps boxes back, which pays off on HD video with large faces.
+
+Tracking: one person per trial, chosen by the manifest's `subject` rule at the
+first frame with faces and then followed by position (`pipeline.tracking`).
+
+aligned_faces mode (manifest column set): the trial comes with pre-aligned face
+images ``<folder>/<k:05d>.jpg`` for 1-based frame k (the Aff-Wild2
+'cropped_aligned' layout). Nothing is detected; a present, readable image means
+a valid frame whose landmarks are the ArcFace template scaled to that image, so
+`visual` treats both modes the same way.
+
+Output rows: one per decoded frame. Frames without the subject's face have
+valid = 0, boxes and landmarks NaN (so a consumer that ignores `valid` fails
+loudly instead of aligning to the image corner) and score 0; they are never dropped.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..align import template_for_image
+from ..manifest import Trial
+from ..resources import get_model, resolve_device
+from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+from ..tracking import TrackParams, fill_between, track_subject
+
+#: frames decoded per chunk: bounded memory even for HD video (32 x 1080p RGB ~ 200 MB)
+DECODE_CHUNK = 32
+
+
+def aligned_image_path(folder: Path, frame: int) -> Path:
+    """Image of 0-based `frame` in an aligned_faces folder (files are numbered from 1)."""
+    return Path(folder) / f"{frame + 1:05d}.jpg"
+
+
+@functools.lru_cache(maxsize=1)
+def mtcnn_weights_id() -> str:
+    """sha256 over the P-, R- and O-net weight files that ship inside facenet-pytorch."""
+    import facenet_pytorch
+
+    from ..backbones import sha256_file
+
+    data = Path(facenet_pytorch.__file__).parent / "data"
+    return hashlib.sha256("".join(sha256_file(data / f"{net}.pt") for net in ("pnet", "rnet", "onet"))
+                          .encode()).hexdigest()
+
+
+def _load_mtcnn(min_face_size: int, thresholds: tuple[float, ...], device: str) -> Any:
+    from facenet_pytorch import MTCNN
+
+    return MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds), device=device).eval()
+
+
+def detect_batch(mtcnn: Any, frames: np.ndarray, scale: float = 1.0
+                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """Run MTCNN on uint8 frames [b,H,W,3]; per frame (boxes [k,4], scores [k], landmarks [k,5,2]) or None.
+
+    With `scale` != 1 the frames are resized first and coordinates mapped back to
+    the original pixel grid (pixel centres at integer coordinates).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, h, w, _ = frames.shape
+    x = torch.from_numpy(np.require(frames, requirements=("C", "W"))).to(mtcnn.device)
+    sx = sy = 1.0
+    if scale != 1.0:
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        sx, sy = nw / w, nh / h
+        x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(nh, nw), mode="bilinear",
+                          align_corners=False, antialias=True).permute(0, 2, 3, 1)
+    with torch.inference_mode():
+        boxes, probs, points = mtcnn.detect(x, landmarks=True)
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+    for i in range(b):
+        if boxes[i] is None or len(boxes[i]) == 0:
+            out.append(None)
+            continue
+        bx = np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)
+        pt = np.asarray(points[i], dtype=np.float64).reshape(-1, 5, 2)
+        if scale != 1.0:
+            bx = (bx + 0.5) / np.array([sx, sy, sx, sy]) - 0.5
+            pt = (pt + 0.5) / np.array([sx, sy]) - 0.5
+        out.append((bx, np.asarray(probs[i], dtype=np.float64).reshape(-1), pt))
+    return out
+
+
+@register_stage
+class FacesStage(Stage):
+    """Detect, track and keep the subject's face box and landmarks per frame (see module docstring)."""
+
+    name = "faces"
+    version = 1
+    inputs = ("probe",)
+    gpu_capable = True
+
+    @dataclass
+    class Settings:
+        detect_every: int = 1  # detect every k-th frame, interpolate the track in between
+        detect_scale: float = 1.0  # detect on frames resized by this factor
+        min_face_size: int = 20  # MTCNN's smallest face, in pixels of the detected (scaled) frame
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net thresholds
+        max_gap: int = 30  # frames a track survives without a matching face before re-choosing
+        batch_size: int = field(default=16, metadata=NOT_IN_KEY)
+        device: str = field(default="auto", metadata=NOT_IN_KEY)
+
+        def __post_init__(self) -> None:
+            self.thresholds = tuple(float(t) for t in self.thresholds)  # type: ignore[assignment]
+            if len(self.thresholds) != 3 or not all(0 < t < 1 for t in self.thresholds):
+                raise ValueError(f"faces.thresholds must be three numbers in (0, 1), got {self.thresholds}")
+            if int(self.detect_every) < 1:
+                raise ValueError(f"faces.detect_every must be >= 1, got {self.detect_every}")
+            if not 0 < float(self.detect_scale) <= 4:
+                raise ValueError(f"faces.detect_scale must be in (0, 4], got {self.detect_scale}")
+            if int(self.min_face_size) < 12:
+                raise ValueError(f"faces.min_face_size must be >= 12 (MTCNN's input), got {self.min_face_size}")
+            if int(self.max_gap) < 0 or int(self.batch_size) < 1:
+                raise ValueError("faces.max_gap must be >= 0 and faces.batch_size >= 1")
+
+    def input_files(self, trial: Trial) -> list[Path]:
+        files = [trial.video]
+        if trial.aligned_faces:
+            files.append(trial.aligned_faces)
+        return files
+
+    def trial_params(self, trial: Trial) -> dict[str, Any]:
+        return {"trial": trial.trial, "subject": trial.subject,
+                "aligned_faces": str(trial.aligned_faces) if trial.aligned_faces else None}
+
+    # -- compute ---------------------------------------------------------------------------------
+    def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
+        n = upstream["probe"].n_frames
+        if trial.aligned_faces:
+            return self._from_aligned_images(trial, n)
+        return self._detect_and_track(trial, n)
+
+    def _detect_and_track(self, trial: Trial, n: int) -> StageOutput:
+        from ..decode import iter_frames
+
+        s = self.settings
+        device = resolve_device(s.device)
+        thresholds = tuple(s.thresholds)
+        mtcnn = get_model(("mtcnn", int(s.min_face_size), thresholds, device),
+                          lambda: _load_mtcnn(int(s.min_face_size), thresholds, device))
+        k = int(s.detect_every)
+        wanted = np.zeros(n, dtype=bool)
+        wanted[::k] = True
+        if n:
+            wanted[n - 1] = True  # the tail is bracketed by a detection, never extrapolated
+        det_frames: list[int] = []
+        detections: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        pending: list[np.ndarray] = []
+        seen = 0
+
+        def flush() -> None:
+            if pending:
+                detections.extend(detect_batch(mtcnn, np.stack(pending), float(s.detect_scale)))
+                pending.clear()
+
+        for start, chunk in iter_frames(trial.video, n, chunk=DECODE_CHUNK):
+            seen = max(seen, start + len(chunk))
+            for i in np.flatnonzero(wanted[start:start + len(chunk)]):
+                det_frames.append(start + int(i))
+                pending.append(chunk[i])
+                if len(pending) >= int(s.batch_size):
+                    flush()
+        flush()
+        if seen < n:
+            raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
+
+        chosen = track_subject(det_frames, [d[0] if d else None for d in detections], trial.subject,
+                               TrackParams(max_gap=int(s.max_gap)))
+        m = len(det_frames)
+        boxes = np.full((m, 4), np.nan)
+        marks = np.full((m, 5, 2), np.nan)
+        scores = np.zeros(m)
+        for j, c in enumerate(chosen):
+            if c >= 0:
+                bx, pr, pt = detections[j]  # type: ignore[misc]
+                boxes[j], scores[j], marks[j] = bx[c], pr[c], pt[c]
+        found = chosen >= 0
+        valid, filled, tracked = fill_between(n, np.asarray(det_frames), found,
+                                              {"boxes": boxes, "landmarks": marks, "scores": scores})
+        if not valid.any():
+            raise StageError("no-face", f"{trial.video}: no face found in any of {n} frames"
+                                        + (f" ({m} run through the detector)" if m != n else ""))
+        return StageOutput(
+            features=None,
+            valid=valid,
+            extras={
+                "boxes": filled["boxes"].astype(np.float32),
+                "landmarks": filled["landmarks"].astype(np.float32),
+                "scores": np.nan_to_num(filled["scores"], nan=0.0).astype(np.float32),
+            },
+            attrs={
+                "mode": "detect",
+                "weights": mtcnn_weights_id(),
+                "detected_frames": m,  # frames run through MTCNN
+                "found_frames": int(found.sum()),  # of those, frames where the subject was found
+                "tracked_frames": int(tracked.sum()),  # valid frames filled by the tracker between detections
+                "valid_frames": int(valid.sum()),
+                "subject": trial.subject,
+            },
+        )
+
+    def _from_aligned_images(self, trial: Trial, n: int) -> StageOutput:
+        from PIL import Image, UnidentifiedImageError
+
+        folder = Path(trial.aligned_faces)  # type: ignore[arg-type]
+        if not folder.is_dir():
+            raise StageError("missing-file", f"{folder}: aligned_faces folder not found (trial {trial.trial})")
+        boxes = np.full((n, 4), np.nan, dtype=np.float32)
+        marks = np.full((n, 5, 2), np.nan, dtype=np.float32)
+        scores = np.zeros(n, dtype=np.float32)
+        valid = np.zeros(n, dtype=bool)
+        missing = unreadable = 0
+        for f in range(n):
+            path = aligned_image_path(folder, f)
+            try:
+                with Image.open(path) as im:  # reads the header only
+                    w, h = im.size
+            except FileNotFoundError:
+                missing += 1
+                continue
+            except (UnidentifiedImageError, OSError):
+                unreadable += 1
+                continue
+            valid[f] = True
+            boxes[f] = (0, 0, w, h)
+            marks[f] = template_for_image(w, h)
+            scores[f] = 1.0  # given, not detected
+        if not valid.any():
+            raise StageError("no-face", f"{trial.video}: no face found in any of {n} frames "
+                                        f"(no readable image {aligned_image_path(folder, 0).name}.. in {folder})")
+        return StageOutput(
+            features=None,
+            valid=valid,
+            extras={"boxes": boxes, "landmarks": marks, "scores": scores},
+            attrs={"mode": "aligned_faces", "weights": "none", "detected_frames": 0, "found_frames": int(valid.sum()),
+                   "tracked_frames": 0, "valid_frames": int(valid.sum()), "missing_images": missing,
+                   "unreadable_images": unreadable, "subject": trial.subject},
+        )
