@@ -298,9 +298,9 @@ def evaluate(run_dir, manifest, cache_dir, split, as_json):
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
         return
     r = result.report
-    click.echo(f"{'trial':<32} {'frames':>7} {'ccc_v':>7} {'ccc_a':>7} {'mean':>7}")
+    click.echo(f"{'trial':<32} {'labelled':>8} {'ccc_v':>7} {'ccc_a':>7} {'mean':>7}")
     for t, m in sorted(r["per_trial"].items()):
-        click.echo(f"{t:<32} {m['n_labelled']:>7} {_fmt(m['ccc_v']):>7} {_fmt(m['ccc_a']):>7} {_fmt(m['mean']):>7}")
+        click.echo(f"{t:<32} {m['n_labelled']:>8} {_fmt(m['ccc_v']):>7} {_fmt(m['ccc_a']):>7} {_fmt(m['mean']):>7}")
     click.echo(f"{split} ({r['n_trials']} trials, {r['n_labelled']} labelled frames): ccc_v {_fmt(r['ccc_v'])} "
                f"ccc_a {_fmt(r['ccc_a'])} mean {_fmt(r['mean'])}")
 
@@ -361,6 +361,38 @@ def ensemble(run_dirs, out, split):
     click.echo(f"{out}: {len(result.files)} file(s) merged from {result.n_inputs} inputs")
 
 
+
+
+# --- the main job on the embedded default dataset --------------------------------------------
+
+
+@main.command()
+@click.option("--root", default="demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo dataset, run and submission go.")
+@click.option("--cache", "-c", default="cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--fusion", default="rjcma", show_default=True, help="Fusion head to train.")
+@click.option("--scheduler", default="processes", show_default=True, help=SCHEDULER_HELP)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the demo's epoch count.")
+def demo(root, cache, fusion, scheduler, workers, epochs):
+    """Build the embedded dataset, extract every stage, train, evaluate and predict."""
+    from fusion.demo_job import run_demo
+
+    console = _console()
+    try:
+        result = run_demo(root, cache, fusion=fusion, scheduler=scheduler, workers=workers, epochs=epochs,
+                          console=console)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+
+    def fmt(r):
+        return f"CCC valence {r['ccc_v']:.3f}  arousal {r['ccc_a']:.3f}  mean {r['mean']:.3f}"
+
+    click.echo(f"validation ({len(result.val['per_trial'])} trials): {fmt(result.val)}")
+    click.echo(f"test       ({len(result.test['per_trial'])} trials): {fmt(result.test)}")
+    click.echo(f"shards:     {result.cache}")
+    click.echo(f"run:        {result.run}  (metrics.jsonl, plots/, best.pt)")
+    click.echo(f"submission: {result.submission}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""`affpipe ensemble`: merge the predictions of several runs (folds) into one submission.
+
+Inputs are run folders (their raw ``predictions/<split>/<trial>.csv``, written
+by `affpipe predict` / training) or submission folders (``<trial>.txt``). Raw
+predictions are preferred: merging values already rounded to three decimals
+and clipped loses a little. The merge is CCC centering per trial and
+dimension (`fusion.ensemble.center_ensemble_va`); the output has the
+submission format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .ensemble import center_ensemble_va
+from .predict import HEADER, write_submission
+from .runs import FusionError
+from .train import read_prediction_csv
+
+
+def _read_submission_txt(path: Path) -> np.ndarray:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].lstrip("\ufeff").strip() != HEADER:
+        raise FusionError(f"{path}:1: header must be {HEADER!r}")
+    rows = []
+    for i, line in enumerate(lines[1:], start=2):
+        try:
+            v, a = (float(x) for x in line.split(","))
+        except ValueError:
+            raise FusionError(f"{path}:{i}: expected two numbers, got {line!r}") from None
+        rows.append((v, a))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def read_source(folder: Path, split: str) -> dict[str, np.ndarray]:
+    """Per-trial predictions of one input folder (run folder or submission folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FusionError(f"{folder}: not a folder")
+    if (folder / "config.json").is_file():
+        pred_dir = folder / "predictions" / split
+        files = sorted(pred_dir.glob("*.csv")) if pred_dir.is_dir() else []
+        if not files:
+            raise FusionError(f"{folder}: no {split} predictions in the run; run "
+                              f"`affpipe predict --run {folder} --split {split} ...` first")
+        return {p.stem: read_prediction_csv(p) for p in files}
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise FusionError(f"{folder}: neither a run folder (config.json) nor a submission folder (*.txt)")
+    return {p.stem: _read_submission_txt(p) for p in files}
+
+
+@dataclass
+class EnsembleResult:
+    out: Path
+    files: list[Path]
+    n_inputs: int
+
+
+def ensemble(run_dirs: Sequence[str | Path], out: str | Path, split: str = "test") -> EnsembleResult:
+    """Merge the same trials' predictions from every input; all inputs must cover the same trials."""
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) < 2:
+        raise FusionError("ensemble needs at least two runs (or submission folders)")
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise FusionError("ensemble: the same folder is given twice")
+    sources = [read_source(d, split) for d in dirs]
+    trials = set(sources[0])
+    for d, src in zip(dirs[1:], sources[1:]):
+        if set(src) != trials:
+            only_first = sorted(trials - set(src))
+            only_here = sorted(set(src) - trials)
+            detail = []
+            if only_first:
+                detail.append(f"missing {', '.join(only_first[:5])}")
+            if only_here:
+                detail.append(f"extra {', '.join(only_here[:5])}")
+            raise FusionError(f"{d}: covers other trials than {dirs[0]} ({'; '.join(detail)})")
+    merged = {}
+    for t in sorted(trials):
+        arrays = [src[t] for src in sources]
+        lengths = {a.shape[0] for a in arrays}
+        if len(lengths) != 1:
+            detail = ", ".join(f"{d.name}: {a.shape[0]}" for d, a in zip(dirs, arrays))
+            raise FusionError(f"trial {t}: inputs disagree on the frame count ({detail})")
+        merged[t] = center_ensemble_va(arrays) if arrays[0].shape[0] else arrays[0]
+    files = write_submission(out, merged)
+    return EnsembleResult(Path(out), files, len(dirs))
+
+
+__all__ = ["ensemble", "read_source", "EnsembleResult"]
