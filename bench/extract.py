@@ -75,7 +75,9 @@ def make_720p(path: Path, seconds: float) -> Path:
     return write_video(path, frames(), 30, audio=tone(seconds, 16000, 220.0, 0.3), sr=16000, codec="mpeg4")
 
 
-def bench_set(name: str, manifest: Path, videos: list[str], config: dict, stages: list[str]) -> list[dict]:
+def bench_set(name: str, manifest: Path, videos: list[str], config: dict, stages: list[str],
+              variants: list[tuple[str, str, dict]]) -> list[dict]:
+    """Default stages (end to end), then each (label, stage, settings) variant on the same cache."""
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         r = run_child("decode", manifest, Path(cache), config, videos)
@@ -89,7 +91,34 @@ def bench_set(name: str, manifest: Path, videos: list[str], config: dict, stages
             frames = max(frames, r.get("frames", 0))
         rows.append({"set": name, "stage": "end-to-end", "frames": frames, "seconds": total,
                      "peak_mib": max(x.get("peak_mib", 0) for x in rows if x["set"] == name)})
+        for label, stage, settings in variants:
+            cfg = {"stages": {**config["stages"], stage: {**config["stages"].get(stage, {}), **settings}}}
+            r = run_child(stage, manifest, Path(cache), cfg, videos)
+            rows.append({"set": name, "stage": label, **r})
     return rows
+
+
+#: every other extractor, timed on the same cache. Networks whose weights cannot be downloaded here
+#: run with random weights of the same architecture: the speed is the real one, the features are not.
+VARIANTS = [
+    ("visual:facenet*", "visual", {"backbone": "random:facenet"}),
+    ("visual:ir50*", "visual", {"backbone": "random:ir50"}),
+    ("audio:logmel", "audio", {"model": "logmel"}),
+    ("text:word", "text", {"granularity": "word"}),
+]
+
+
+def random_vggish(folder: Path) -> Path:
+    """A torchvggish-layout checkpoint of a freshly initialised VGGish (loads through the real code)."""
+    import torch
+
+    from pipeline import vggish as vg
+
+    ours_to_ck = {ours: ck for ck, ours in vg.CHECKPOINT_NAMES.items()}
+    state = {f"{ours_to_ck[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in vg.VGGish().state_dict().items()}
+    path = folder / "vggish-random.pth"
+    torch.save(state, path)
+    return path
 
 
 def main() -> None:
@@ -104,11 +133,12 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        VARIANTS.append(("audio:vggish*", "audio", {"model": "vggish", "weights": str(random_vggish(tmp))}))
         if (args.media / "cremad").is_dir():
             clips = sorted(args.media.glob("cremad/*.flv")) + sorted(args.media.glob("grid/*.mpg"))
             m = tmp / "shared.csv"
             m.write_text("trial,video,split\n" + "".join(f"{c.stem},{c},train\n" for c in clips))
-            rows += bench_set("shared clips", m, [str(c) for c in clips], config, stages)
+            rows += bench_set("shared clips", m, [str(c) for c in clips], config, stages, VARIANTS)
         else:
             print(f"(no shared clips at {args.media}; skipping that set)")
         if not args.skip_720p:
@@ -116,19 +146,21 @@ def main() -> None:
                 v = make_720p(tmp / f"v720_{int(secs)}s.mp4", secs)
                 m = tmp / f"v720_{int(secs)}.csv"
                 m.write_text(f"trial,video,split\nv720_{int(secs)},{v},train\n")
-                rows += bench_set(f"720p30 {int(secs)}s", m, [str(v)], config, stages)
+                rows += bench_set(f"720p30 {int(secs)}s", m, [str(v)], config, stages,
+                                  VARIANTS if secs == args.seconds else [])
     import torch
 
     device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu"
     print(f"\naffpipe extract benchmark ({device}, torch threads {torch.get_num_threads()})")
-    print(f"{'set':<16} {'stage':<12} {'frames':>8} {'seconds':>9} {'frames/s':>9} {'peak MiB':>9}")
+    print(f"{'set':<16} {'stage':<16} {'frames':>8} {'seconds':>9} {'frames/s':>9} {'peak MiB':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['set']:<16} {r['stage']:<12} error: {r['error']}")
+            print(f"{r['set']:<16} {r['stage']:<16} error: {r['error']}")
             continue
         fps = r["frames"] / r["seconds"] if r.get("seconds") else float("nan")
-        print(f"{r['set']:<16} {r['stage']:<12} {r['frames']:>8} {r['seconds']:>9.2f} {fps:>9.1f} "
+        print(f"{r['set']:<16} {r['stage']:<16} {r['frames']:>8} {r['seconds']:>9.2f} {fps:>9.1f} "
               f"{r.get('peak_mib', 0):>9.0f}")
+    print("* random weights of the real architecture (speed only); vggish needs its weight file")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     amp: bool = True  # mixed precision, used on CUDA only (CPU runs stay float32 and deterministic)
     device: str = "auto"
+    threads: int = 0  # torch CPU threads while training (0 = all cores): CPU sums depend on the thread
+    # count, so it is fixed per run for a config + seed to reproduce the same numbers
     num_workers: int = -1  # DataLoader workers; -1 = auto (0 on CPU, where the model is the bottleneck;
     #                        up to 8 on CUDA, so a GPU never waits for batches). Batches are identical either way.
     memory_budget_mb: int = 8192  # trials are held in memory when they fit, else opened lazily per worker
@@ -80,6 +82,7 @@ class TrainConfig:
             (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.num_workers >= -1, "num_workers must be >= 0 (or -1 for auto)"),
+            (self.threads >= 0, "threads must be >= 0"),
             (self.memory_budget_mb >= 0, "memory_budget_mb must be >= 0"),
             (len(self.modalities) >= 1, "modalities must name at least one modality"),
             (len(set(self.modalities)) == len(self.modalities), "modalities must not repeat"),

@@ -71,7 +71,7 @@ def run_demo(root: str | Path = "demo", cache: str | Path = "cache", fusion: str
     submission = root / "submission"
     predict(run, manifest, cache, submission, split="test")
     problems = validate_submission(submission, manifest, cache, split="test")
-    if getattr(problems, "problems", problems):
+    if problems:
         raise RuntimeError(f"demo submission does not validate: {problems}")
     return DemoResult(manifest, Path(cache).resolve(), run.resolve(), submission.resolve(), summary.to_dict(),
                       test, val)

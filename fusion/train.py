@@ -12,6 +12,8 @@ metrics bit for bit.
 """
 from __future__ import annotations
 
+import os
+
 import json
 import math
 import sys
@@ -299,8 +301,10 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
     from .plots import plot_curves
 
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     try:
         seed_everything(cfg.seed)
         model = build_model(fusion, input_dims, cfg.window, cfg.model or None).to(dev)
@@ -420,6 +424,7 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
                          list(history), resumed_from)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+        torch.set_num_threads(threads_before)
 
 
 def _plot_val(out: Path, preds: dict[str, np.ndarray], labels: dict, n: int) -> None:

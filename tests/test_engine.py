@@ -278,3 +278,32 @@ def test_real_dask_cluster(tmp_path, shared_media):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_faceless_and_silent_videos_lose_nothing_cached(tmp_path, shared_media):
+    """A video with no face fails `faces` into the ledger (visual blocked); one without audio is legitimate."""
+    import decord
+
+    from pipeline.media_fixtures import moving_frames, tone, write_video
+
+    good = shared_media / "grid" / "bbaf2n.mpg"
+    noface = write_video(tmp_path / "noface.mp4", moving_frames(30, 64, 96), 25, audio=tone(1.2))
+    frames = decord.VideoReader(str(good)).get_batch(list(range(25))).asnumpy()
+    silent = write_video(tmp_path / "silent.mp4", frames, 25)  # no audio track at all
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"trial,video,split\ngood,{good},train\n")
+    cache = tmp_path / "cache"
+    first = extract(manifest, cache=cache, scheduler="sync", progress=False)
+    assert first.ok
+    manifest.write_text(f"trial,video,split\ngood,{good},train\nnoface,{noface},train\nsilent,{silent},val\n")
+    second = extract(manifest, cache=cache, scheduler="sync", progress=False)
+    assert all(c["cached"] >= 1 for c in second.counts.values())  # the good trial: every shard reused
+    failed = {(f["trial"], f["stage"]): f["kind"] for f in second.failures}
+    assert failed == {("noface", "faces"): "no-face"}
+    assert second.counts["visual"]["blocked"] == 1
+    assert [e.kind for e in CacheStore(cache).ledger()] == ["no-face"]
+    reader = open_cache(cache, read_manifest(manifest))
+    arrays = reader.load("silent", ["audio", "visual"])
+    assert arrays.n_frames == 25
+    assert not arrays.valid["audio"].any() and arrays.valid["visual"].mean() > 0.9
+    assert arrays.attrs["audio"]["has_audio"] is False or arrays.attrs["audio"]["has_audio"] == 0
