@@ -39,6 +39,8 @@ class ExtractSummary:
     summary_path: str = ""
     #: per stage: compute seconds summed over tasks and frames written (for benchmarks)
     timing: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: per stage: the Dask workers that computed its shards ("local" for sync/threads)
+    workers: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -51,7 +53,8 @@ class ExtractSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "failures": self.failures, "seconds": self.seconds,
-                "dry_run": self.dry_run, "cache": self.cache, "ok": self.ok, "timing": self.timing}
+                "dry_run": self.dry_run, "cache": self.cache, "ok": self.ok, "timing": self.timing,
+                "workers": self.workers}
 
 
 # -- schedulers ---------------------------------------------------------------------------------
@@ -227,6 +230,8 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
     This is the Python API behind `affpipe extract`; it returns an `ExtractSummary`.
     """
     started = time.time()
+    if scheduler not in ("processes", "threads", "sync") and not scheduler.startswith("tcp://"):
+        raise ValueError(f"unknown scheduler {scheduler!r}: use processes, threads, sync or tcp://HOST:PORT")
     trials = read_manifest(manifest) if not isinstance(manifest, list) else manifest
     stage_objs = build_stages(config)
     order = stage_order(stages)
@@ -269,6 +274,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
 
     running: set[str] = set()
     timing: dict[str, dict[str, float]] = {}
+    worker_names: dict[str, list[str]] = {}
 
     def on_start(name: str) -> None:
         if name in by_name:
@@ -281,6 +287,9 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
             return
         status = result["status"]
         if status == "done":
+            names = worker_names.setdefault(task.stage, [])
+            if result.get("worker") not in names:
+                names.append(result.get("worker"))
             t = timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
             t["seconds"] += result.get("seconds", 0.0)
             t["frames"] += result.get("frames", 0)
@@ -305,7 +314,8 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
             else:
                 _run_distributed(delayed, scheduler, workers, on_start, on_result, by_name, store)
     summary = ExtractSummary({s: {k: prog.counts[s][k] for k in STATUSES} for s in order}, failures,
-                             time.time() - started, False, str(store.root), timing=timing)
+                             time.time() - started, False, str(store.root), timing=timing,
+                             workers=worker_names)
     summary.summary_path = str(store.save_run_summary(summary.to_dict()))
     if console is not None:
         console.print(prog.table())

@@ -33,6 +33,16 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def worker_name() -> str:
+    """The Dask worker running this task ("local" under the local schedulers): shows where GPU tasks ran."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "local"
+
+
 def _check_rows(stage: str, out: StageOutput, n: int) -> None:
     """Every frame-keyed array must have exactly one row per decoded frame."""
     for name, arr in (("features", out.features), ("valid", out.valid)):
@@ -48,7 +58,7 @@ def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> di
     from . import stages as _register  # noqa: F401  (registers stages in a fresh worker process)
 
     started = time.time()
-    base = {"stage": spec["stage"], "trial": spec["trial"]["trial"], "key": spec["key"]}
+    base = {"stage": spec["stage"], "trial": spec["trial"]["trial"], "key": spec["key"], "worker": worker_name()}
     for res in upstream_results:
         if res.get("status") not in ("done", "cached"):
             return {**base, "status": "blocked", "kind": res.get("kind", "upstream-failed"),

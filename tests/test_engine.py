@@ -256,9 +256,10 @@ def test_real_dask_cluster(tmp_path, shared_media):
             time.sleep(0.2)
         address = json.loads(sched_file.read_text())["address"]
         for i in range(2):
+            gpu = ["--resources", "GPU=1"] if i == 1 else []  # w1 plays the GPU worker
             procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",
                                            "--no-dashboard", "--name", f"w{i}", "--local-directory",
-                                           str(tmp_path / f"w{i}")],
+                                           str(tmp_path / f"w{i}"), *gpu],
                                           env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         from distributed import Client
 
@@ -269,6 +270,14 @@ def test_real_dask_cluster(tmp_path, shared_media):
         assert res.exit_code == 0, res.output
         summary = json.loads(res.output)
         assert summary["counts"]["audio"]["done"] == 3
+        assert set(summary["workers"]["audio"]) <= {"w0", "w1"}
+        # with --gpu, GPU-capable stages ask for the resource GPU=1: only w1 may run them
+        res = CliRunner().invoke(cli.main, ["extract", "-m", str(manifest), "--cache", str(cache),
+                                            "--stages", "faces", "--scheduler", address, "--gpu", "--json"])
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.output)
+        assert summary["counts"]["faces"]["done"] == 3 and summary["counts"]["probe"]["cached"] == 3
+        assert summary["workers"]["faces"] == ["w1"]
         assert verify_cache(cache).ok
     finally:
         for p in procs[::-1]:
