@@ -22,6 +22,7 @@ API (all times in seconds, audio as float32 mono in [-1, 1]):
 """
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -60,11 +61,12 @@ def write_video(
     import av  # test/dev helper only: the product decodes with decord
 
     path = Path(path)
-    frames = list(frames)
-    if not frames:
+    frame_iter = iter(frames)  # streamed: a long HD video never sits in memory whole
+    first = next(frame_iter, None)
+    if first is None:
         raise ValueError("write_video needs at least one frame")
-    h, w = frames[0].shape[:2]
-    if times is not None and len(times) != len(frames):
+    h, w = first.shape[:2]
+    if times is not None and hasattr(frames, "__len__") and len(times) != len(frames):
         raise ValueError(f"times has {len(times)} entries for {len(frames)} frames")
     if audio_start < 0:
         raise ValueError("audio_start must be >= 0 (delay of the audio relative to the video)")
@@ -89,7 +91,7 @@ def write_video(
             astream = out.add_stream(ac, rate=sr, layout="mono")
             astream.time_base = Fraction(1, sr)
 
-        for i, img in enumerate(frames):
+        for i, img in enumerate(itertools.chain([first], frame_iter)):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, dtype=np.uint8), format="rgb24")
             t = float(times[i]) if times is not None else float(i / rate)
             vf.pts = int(round(t / tb))
