@@ -31,6 +31,34 @@ def clear_models() -> None:
         _MODELS.clear()
 
 
+_HEAP_BOUNDED = False
+
+
+def bound_heap_growth(threshold: int = 1 << 20) -> None:
+    """Keep glibc from growing the heap with video length.
+
+    glibc raises its mmap threshold dynamically each time a large block is freed,
+    after which MTCNN's big, varying-size pyramid buffers come from the heap and
+    fragment it: measured on a 720p video, peak RSS of `faces` grew from 3.1 GB
+    (15 s) to 7.1 GB (60 s). A fixed threshold (which also switches the dynamic
+    adjustment off) kept it flat at ~3.1 GB over 30 s. Set once per process via
+    mallopt, so it works under every scheduler, not only where we control the env.
+    """
+    global _HEAP_BOUNDED
+    if _HEAP_BOUNDED:
+        return
+    _HEAP_BOUNDED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, threshold)
+        libc.mallopt(m_trim_threshold, threshold)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def resolve_device(requested: str = "auto") -> str:
     """'auto' means CUDA when this process sees a GPU, else CPU."""
     if requested != "auto":

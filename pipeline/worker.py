@@ -56,6 +56,9 @@ def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> di
     `spec`: cache, stage, settings (dict), trial (dict), key, path, upstream {stage: path}.
     """
     from . import stages as _register  # noqa: F401  (registers stages in a fresh worker process)
+    from .resources import bound_heap_growth
+
+    bound_heap_growth()
 
     started = time.time()
     base = {"stage": spec["stage"], "trial": spec["trial"]["trial"], "key": spec["key"], "worker": worker_name()}
