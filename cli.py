@@ -127,10 +127,9 @@ def cache_verify(cache_dir):
 @click.option("--yes", is_flag=True, help="Really delete (otherwise only list).")
 def cache_gc(cache_dir, manifest, config, yes):
     """Remove shards that no manifest+config references (dry run unless --yes)."""
-    from pipeline.cache_admin import referenced_paths
+    from pipeline.cache_admin import collect_garbage, referenced_paths
     from pipeline.config import ConfigError
     from pipeline.manifest import ManifestError, read_manifest
-    from pipeline.store import CacheStore
 
     try:
         keep = set()
@@ -140,12 +139,9 @@ def cache_gc(cache_dir, manifest, config, yes):
                 keep |= referenced_paths(cache_dir, trials, cfg)
     except (ManifestError, ConfigError) as exc:
         raise _fail(exc) from None
-    store = CacheStore(cache_dir)
-    doomed = [p for p in store.iter_shards() if p not in keep] + list(store.iter_temporaries())
+    doomed = collect_garbage(cache_dir, keep, yes=yes)
     for p in doomed:
         click.echo(("removed " if yes else "would remove ") + str(p))
-        if yes:
-            p.unlink(missing_ok=True)
     click.echo(f"{len(doomed)} file(s) {'removed' if yes else 'unreferenced (use --yes to delete)'}")
 
 

@@ -70,10 +70,9 @@ def referenced_paths(cache: str | Path, trials: list[Trial], config: Any) -> set
     return {t.path for t in tasks if t.path is not None}
 
 
-def collect_garbage(cache: str | Path, trials: list[Trial], config: Any, yes: bool = False) -> list[Path]:
-    """Shards nothing references (plus killed writers' temporaries); deleted only when `yes`."""
+def collect_garbage(cache: str | Path, keep: set[Path], yes: bool = False) -> list[Path]:
+    """Shards not in `keep` (see `referenced_paths`) plus killed writers' temporaries; deleted only when `yes`."""
     store = CacheStore(cache)
-    keep = referenced_paths(cache, trials, config)
     doomed = [p for p in store.iter_shards() if p not in keep] + list(store.iter_temporaries())
     if yes:
         for p in doomed:

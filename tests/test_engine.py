@@ -107,6 +107,12 @@ def test_changing_text_settings_recomputes_only_text(full_cache, media_manifest,
     assert "13 file(s) unreferenced" in doomed.output
     assert all(p.parent.name == "text" for p in (Path(x.split()[-1]) for x in doomed.output.splitlines()
                                                     if x.startswith("would remove")))
+    removed = CliRunner().invoke(cli.main, ["cache", "gc", "--cache", str(scratch), "--manifest",
+                                            str(media_manifest), "--config", str(cfg), "--yes"])
+    assert removed.exit_code == 0 and "13 file(s) removed" in removed.output
+    assert len(list((scratch / "shards" / "text").glob("*.h5"))) == 13
+    again = extract(media_manifest, cache=scratch, config=cfg, scheduler="sync", progress=False)
+    assert again.computed() == 0  # everything the new config reads survived the gc
 
 
 def test_cli_dry_run_ls_verify(full_cache, media_manifest):
