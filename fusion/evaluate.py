@@ -190,20 +190,27 @@ class EvalResult:
         return {"split": self.split, **self.report}
 
 
-def evaluate(run: str | Path, manifest: str | Path, cache: str | Path, split: str = "val",
-             device: str | None = None, progress: bool = False) -> EvalResult:
-    """CCC of a run's best checkpoint on one split (per dimension, mean, and per trial)."""
+def run_on_split(run: str | Path, manifest: str | Path, cache: str | Path, split: str, *, with_labels: bool,
+                 device: str | None, progress: bool, title: str) -> tuple[RunInfo, dict[str, np.ndarray], Any, Any]:
+    """A run's best checkpoint over every window of one split: (run info, per-frame predictions, dataset, reader)."""
     from pipeline.resources import resolve_device
 
     info = open_run(run)
     dev = torch.device(resolve_device(device or info.train.device))
-    with _progress(progress, f"evaluate {split}") as bar:
-        ds, reader = open_split(info, manifest, cache, split, with_labels=True, progress=bar.tick_trial)
+    with _progress(progress, f"{title} {split}") as bar:
+        ds, reader = open_split(info, manifest, cache, split, with_labels=with_labels, progress=bar.tick_trial)
         bar.start_windows(len(ds))
         model = info.build_model().to(dev)
         preds = predict_frames(model, ds, dev, batch_size=info.train.batch_size, amp=info.train.amp,
-                               num_workers=info.train.workers_for(dev.type),
-                               progress=bar.tick_windows)
+                               num_workers=info.train.workers_for(dev.type), progress=bar.tick_windows)
+    return info, preds, ds, reader
+
+
+def evaluate(run: str | Path, manifest: str | Path, cache: str | Path, split: str = "val",
+             device: str | None = None, progress: bool = False) -> EvalResult:
+    """CCC of a run's best checkpoint on one split (per dimension, mean, and per trial)."""
+    _info, preds, ds, reader = run_on_split(run, manifest, cache, split, with_labels=True, device=device,
+                                            progress=progress, title="evaluate")
     report = ccc_report(preds, labels_of(ds, reader))
     if report["n_labelled"] == 0:
         raise FusionError(f"no labelled frames in the {split} trials (a test split has no annotations: "

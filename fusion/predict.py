@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .evaluate import _progress, open_split, predict_frames
-from .runs import FusionError, open_run
+from .evaluate import run_on_split
+from .runs import FusionError
 from .train import write_predictions
 
 HEADER = "valence,arousal"
@@ -61,17 +60,8 @@ def predict(run: str | Path, manifest: str | Path, cache: str | Path, out: str |
     The raw (unclipped, 6-decimal) predictions also go to
     ``<run>/predictions/<split>/`` for `affpipe ensemble`.
     """
-    from pipeline.resources import resolve_device
-
-    info = open_run(run)
-    dev = torch.device(resolve_device(device or info.train.device))
-    with _progress(progress, f"predict {split}") as bar:
-        ds, _reader = open_split(info, manifest, cache, split, with_labels=False, progress=bar.tick_trial)
-        bar.start_windows(len(ds))
-        model = info.build_model().to(dev)
-        preds = predict_frames(model, ds, dev, batch_size=info.train.batch_size, amp=info.train.amp,
-                               num_workers=info.train.workers_for(dev.type),
-                               progress=bar.tick_windows)
+    info, preds, _ds, _reader = run_on_split(run, manifest, cache, split, with_labels=False, device=device,
+                                             progress=progress, title="predict")
     write_predictions(info.path / "predictions" / split, preds)
     files = write_submission(out, preds)
     return PredictResult(Path(out), files, int(sum(p.shape[0] for p in preds.values())))

@@ -167,7 +167,6 @@ class TextStage(Stage):
 
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
         probe = upstream["probe"]
-        n = probe.n_frames
         units = self._units(trial) if trial.transcript else []
         model = self.model()
         dim = model_dim(model)
