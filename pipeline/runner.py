@@ -8,6 +8,7 @@ per worker), and `tcp://host:port` drives an existing `dask scheduler` /
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from contextlib import contextmanager
@@ -253,9 +254,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
                 store.record_failure(t.trial.trial, t.stage, t.key, t.error_kind, t.error)
             failures.append({"trial": t.trial.trial, "stage": t.stage, "kind": t.error_kind, "message": t.error})
 
-    import dataclasses as _dc
-
-    settings = {name: _dc.asdict(obj.settings) for name, obj in stage_objs.items()}
+    settings = {name: dataclasses.asdict(obj.settings) for name, obj in stage_objs.items()}
     paths = {(t.trial.trial, t.stage): t.path for t in tasks if t.path is not None}
     by_name = {t.name: t for t in tasks}
     graph: dict[tuple[str, str], Any] = {}

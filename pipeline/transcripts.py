@@ -149,6 +149,19 @@ def _hms(h: str | None, m: str, s: str, frac: str) -> float:
     return int(h or 0) * 3600 + int(m) * 60 + int(s) + int(frac.ljust(3, "0")) / 1000.0
 
 
+def _cue(path: Path, first: int, lines: list[str], i: int, timing: re.Pattern, what: str,
+         expected: str) -> list[Segment]:
+    """One SRT/WebVTT cue from its timing line `lines[i]` and the text after it (none if the text is empty)."""
+    m = timing.match(lines[i])
+    if not m:
+        raise _error(path, first + i, f"{what} {lines[i].strip()!r} (expected '{expected}')")
+    g = m.groups()
+    start, end = _hms(*g[0:4]), _hms(*g[4:8])
+    _check_times(path, first + i, start, end)
+    body = _clean(" ".join(lines[i + 1:]))
+    return [Segment(start, end, body, line=first + i)] if body else []
+
+
 def _read_srt(path: Path, text: str) -> list[Segment]:
     segments = []
     for first, lines in _blocks(text):
@@ -159,16 +172,8 @@ def _read_srt(path: Path, text: str) -> list[Segment]:
             i = 1
         if i >= len(lines):
             raise _error(path, first, "cue number without a timing line")
-        m = _SRT_TIMING.match(lines[i])
-        if not m:
-            raise _error(path, first + i, f"bad SRT timing line {lines[i].strip()!r} "
-                                          "(expected 'HH:MM:SS,mmm --> HH:MM:SS,mmm')")
-        g = m.groups()
-        start, end = _hms(*g[0:4]), _hms(*g[4:8])
-        _check_times(path, first + i, start, end)
-        body = _clean(" ".join(lines[i + 1:]))
-        if body:
-            segments.append(Segment(start, end, body, line=first + i))
+        segments.extend(_cue(path, first, lines, i, _SRT_TIMING,
+                             "bad SRT timing line", "HH:MM:SS,mmm --> HH:MM:SS,mmm"))
     return segments
 
 
@@ -192,16 +197,8 @@ def _read_vtt(path: Path, text: str) -> list[Segment]:
         if i >= len(lines) or "-->" not in lines[i]:
             raise _error(path, first + i if i < len(lines) else first,
                          f"expected a cue timing line 'MM:SS.mmm --> MM:SS.mmm' after {head!r}")
-        m = _VTT_TIMING.match(lines[i])
-        if not m:
-            raise _error(path, first + i, f"bad WebVTT timing line {lines[i].strip()!r} "
-                                          "(expected '[HH:]MM:SS.mmm --> [HH:]MM:SS.mmm')")
-        g = m.groups()
-        start, end = _hms(*g[0:4]), _hms(*g[4:8])
-        _check_times(path, first + i, start, end)
-        body = _clean(" ".join(lines[i + 1:]))
-        if body:
-            segments.append(Segment(start, end, body, line=first + i))
+        segments.extend(_cue(path, first, lines, i, _VTT_TIMING,
+                             "bad WebVTT timing line", "[HH:]MM:SS.mmm --> [HH:]MM:SS.mmm"))
     return segments
 
 
