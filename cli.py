@@ -73,7 +73,11 @@ def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_
         click.echo(f"{'stage':<8} {'cached':>7} {'todo':>7} {'failed':>7} {'blocked':>7}")
         for stage, c in summary.counts.items():
             click.echo(f"{stage:<8} {c['cached']:>7} {c['todo']:>7} {c['failed-before']:>7} {c['blocked']:>7}")
+        for d in summary.damaged:
+            click.echo(f"damaged {d['path']}: {d['problem']} (the next run recomputes it)")
     else:
+        for d in summary.damaged:
+            console.print(f"recomputed damaged shard {d['path']}: {d['problem']}", markup=False)
         for f in summary.failures[:20]:
             console.print(f"[red]failed[/red] {f['trial']} {f['stage']} ({f['kind']}): {f['message']}")
         if len(summary.failures) > 20:
@@ -91,30 +95,39 @@ def cache():
 @cache.command("ls")
 @click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
 def cache_ls(cache_dir):
-    """Per stage and settings: trials, frames, bytes."""
+    """Per stage and settings: shards, trials, frames, bytes."""
     from pipeline.cache_admin import list_cache
 
     rows = list_cache(cache_dir)
     if not rows:
         click.echo(f"{cache_dir}: no shards")
         return
-    click.echo(f"{'stage':<8} {'trials':>6} {'frames':>9} {'MiB':>9}  settings")
+    click.echo(f"{'stage':<8} {'shards':>6} {'trials':>6} {'frames':>9} {'MiB':>9}  settings")
     for r in rows:
-        click.echo(f"{r['stage']:<8} {r['trials']:>6} {r['frames']:>9} {r['bytes'] / 2**20:>9.2f}  {r['settings']}")
+        click.echo(f"{r['stage']:<8} {r['shards']:>6} {r['trials']:>6} {r['frames']:>9} "
+                   f"{r['bytes'] / 2**20:>9.2f}  {r['settings']}")
 
 
 @cache.command("verify")
 @click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
-def cache_verify(cache_dir):
-    """Open every shard, check schema and counts, report bad ones (exit 1 if any)."""
+@click.option("--repair", is_flag=True, help="Delete bad shards (the next extract recomputes them).")
+def cache_verify(cache_dir, repair):
+    """Read every shard in full: checksums, schema, counts, finite values (exit 1 if any is bad)."""
     from pipeline.cache_admin import verify_cache
+    from pipeline.store import CacheError
 
-    report = verify_cache(cache_dir)
+    try:
+        report = verify_cache(cache_dir, repair=repair)
+    except CacheError as exc:
+        raise _fail(exc) from None
     for path, problems in report.bad.items():
-        click.echo(f"BAD {path}: {'; '.join(problems)}")
+        click.echo(f"{'REMOVED' if path in report.removed else 'BAD'} {path}: {'; '.join(problems)}")
     if report.temporaries:
         click.echo(f"{len(report.temporaries)} leftover temporary file(s) of killed writers (removed by `cache gc --yes`)")
-    click.echo(f"checked {report.checked} shard(s), {len(report.bad)} bad")
+    click.echo(f"checked {report.checked} shard(s), {len(report.bad)} bad"
+               + (f", {len(report.removed)} removed" if repair else
+                  (" (`affpipe cache verify --repair` removes them; `affpipe extract` recomputes them)"
+                   if report.bad else "")))
     if not report.ok:
         raise SystemExit(1)
 
@@ -126,23 +139,30 @@ def cache_verify(cache_dir):
               help="Config(s) whose shards to keep (repeatable; default settings when absent).")
 @click.option("--yes", is_flag=True, help="Really delete (otherwise only list).")
 def cache_gc(cache_dir, manifest, config, yes):
-    """Remove shards that no manifest+config references (dry run unless --yes)."""
-    from pipeline.cache_admin import collect_garbage, referenced_paths
+    """Remove shards that no manifest+config references, and leftovers (dry run unless --yes).
+
+    Needs no videos: shards are resolved through the cache index. Refused while an extract runs.
+    """
+    from pipeline.cache_admin import collect_garbage
     from pipeline.config import ConfigError
     from pipeline.manifest import ManifestError, read_manifest
+    from pipeline.store import CacheError
 
     try:
-        keep = set()
-        for m in manifest:
-            trials = read_manifest(m)
-            for cfg in (config or (None,)):
-                keep |= referenced_paths(cache_dir, trials, cfg)
-    except (ManifestError, ConfigError) as exc:
+        uses = [(read_manifest(m), cfg) for m in manifest for cfg in (config or (None,))]
+        plan = collect_garbage(cache_dir, uses, yes=yes)
+    except (ManifestError, ConfigError, CacheError) as exc:
         raise _fail(exc) from None
-    doomed = collect_garbage(cache_dir, keep, yes=yes)
-    for p in doomed:
+    except OSError as exc:
+        raise _fail(f"{exc.filename or cache_dir}: {exc.strerror or exc}") from None
+    for p in plan.shards + plan.leftovers:
         click.echo(("removed " if yes else "would remove ") + str(p))
-    click.echo(f"{len(doomed)} file(s) {'removed' if yes else 'unreferenced (use --yes to delete)'}")
+    if plan.kept_unresolved:
+        click.echo(f"kept {len(plan.kept_unresolved)} unreferenced shard(s) of trials whose current shard is "
+                   "neither in the cache index nor computable without their inputs (run `affpipe extract` "
+                   "where the inputs are, then gc again)")
+    n = len(plan.shards) + len(plan.leftovers)
+    click.echo(f"{n} file(s) {'removed' if yes else 'unreferenced (use --yes to delete)'}")
 
 
 @main.group()

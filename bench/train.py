@@ -45,7 +45,7 @@ def make_dataset(root: Path, frames: int, trials: int, seed: int = 0) -> tuple[P
     for i, n in enumerate(lengths):
         name = f"trial{i:04d}"
         video = videos / f"{name}.mp4"
-        if not video.exists():  # keys fingerprint the files (mtime too); the bench never decodes them
+        if not video.exists():  # keys fingerprint the files' content; the bench never decodes them
             video.touch()
         rows.append(Trial(trial=name, video=video, split="val" if i >= trials - n_val else "train"))
         out[name] = int(n)

@@ -1,21 +1,32 @@
-"""`affpipe cache ls | verify | gc`: look at, check and prune a shard cache."""
+"""`affpipe cache ls | verify | gc`: look at, check, repair and prune a shard cache.
+
+gc and repair delete files, so they take the cache alone (`CacheStore.hold`):
+while an extract runs they refuse with one line instead of deleting its
+temporaries or the shards it is about to read. gc needs no inputs: shards are
+resolved from manifest and config through the index (`pipeline.reader`), and
+for a trial whose shards it cannot resolve it deletes nothing.
+"""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_stages
+from .index import TrialIndex
 from .manifest import Trial
-from .plan import make_plan, stage_order
+from .reader import CacheReader
 from .shards import ShardError, read_attrs, verify_shard
-from .stage import STAGES
 from .store import CacheStore
 
 
+def _trial_of(path: Path) -> str:
+    return path.name.rsplit(".", 2)[0]
+
+
 def list_cache(cache: str | Path) -> list[dict[str, Any]]:
-    """One row per (stage, settings): trials, frames, bytes. Unreadable shards are counted apart."""
+    """One row per (stage, settings): shards, trials, frames, bytes. Unreadable shards are counted apart."""
     store = CacheStore(cache)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for path in store.iter_shards():
@@ -28,7 +39,7 @@ def list_cache(cache: str | Path) -> list[dict[str, Any]]:
             settings, frames = "<unreadable>", 0
         row = rows.setdefault((stage, settings), {"stage": stage, "settings": settings, "trials": set(),
                                                   "shards": 0, "frames": 0, "bytes": 0})
-        row["trials"].add(path.name.split(".")[0])
+        row["trials"].add(_trial_of(path))
         row["shards"] += 1
         row["frames"] += frames
         row["bytes"] += path.stat().st_size
@@ -44,14 +55,18 @@ class VerifyReport:
     checked: int = 0
     bad: dict[str, list[str]] = field(default_factory=dict)
     temporaries: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.bad
+        return not self.bad or len(self.removed) == len(self.bad)
 
 
-def verify_cache(cache: str | Path) -> VerifyReport:
-    """Open every shard and check schema and counts; list leftovers of killed writers."""
+def verify_cache(cache: str | Path, repair: bool = False) -> VerifyReport:
+    """Read every shard in full (checksums, schema, counts, finite values); with `repair`, remove bad ones.
+
+    Removed shards are simply recomputed by the next extract.
+    """
     store = CacheStore(cache)
     report = VerifyReport()
     for path in store.iter_shards():
@@ -60,21 +75,79 @@ def verify_cache(cache: str | Path) -> VerifyReport:
         if problems:
             report.bad[str(path)] = problems
     report.temporaries = [str(p) for p in store.iter_temporaries()]
+    if repair and report.bad:
+        with store.hold(exclusive=True, what="cache verify --repair"):
+            for p in report.bad:
+                Path(p).unlink(missing_ok=True)
+                report.removed.append(p)
     return report
 
 
-def referenced_paths(cache: str | Path, trials: list[Trial], config: Any) -> set[Path]:
-    """Shard paths the manifest + config would read (whether they exist or not)."""
-    store = CacheStore(cache)
-    tasks = make_plan(trials, build_stages(config), stage_order(list(STAGES)), store)
-    return {t.path for t in tasks if t.path is not None}
+def referenced_paths(cache: str | Path, trials: list[Trial], config: Any
+                     ) -> tuple[set[Path], set[tuple[str, str]]]:
+    """Shard paths the manifest + config read, and the (trial, stage) pairs gc cannot judge.
+
+    A pair cannot be judged when its shard is neither found nor computable here
+    (inputs absent and no index record): gc keeps every shard of that pair.
+    """
+    reader = CacheReader(cache, trials, config)
+    keep: set[Path] = set()
+    unresolved: set[tuple[str, str]] = set()
+    for pair, res in reader._tasks.items():
+        if res.path is not None:
+            keep.add(res.path)
+        elif res.status == "missing" and not res.exact:
+            unresolved.add(pair)
+    return keep, unresolved
 
 
-def collect_garbage(cache: str | Path, keep: set[Path], yes: bool = False) -> list[Path]:
-    """Shards not in `keep` (see `referenced_paths`) plus killed writers' temporaries; deleted only when `yes`."""
+@dataclass
+class GcPlan:
+    shards: list[Path] = field(default_factory=list)  # unreferenced shards
+    leftovers: list[Path] = field(default_factory=list)  # temporaries, quarantined shards, lock files
+    kept_unresolved: list[Path] = field(default_factory=list)  # unreferenced, but of a pair gc cannot judge
+
+
+def _gc_plan(store: CacheStore, uses: list[tuple[list[Trial], Any]]) -> GcPlan:
+    keep: set[Path] = set()
+    unresolved: set[tuple[str, str]] = set()
+    for trials, config in uses:
+        k, u = referenced_paths(store.root, trials, config)
+        keep |= k
+        unresolved |= u
+    plan = GcPlan()
+    for p in store.iter_shards():
+        if p in keep:
+            continue
+        (plan.kept_unresolved if (_trial_of(p), p.parent.name) in unresolved else plan.shards).append(p)
+    quarantine = store.root / "quarantine"
+    leftovers = list(store.iter_temporaries()) + (sorted(quarantine.rglob("*")) if quarantine.is_dir() else [])
+    plan.leftovers = [p for p in leftovers if p.is_file()]
+    return plan
+
+
+def collect_garbage(cache: str | Path, uses: list[tuple[list[Trial], Any]], yes: bool = False) -> GcPlan:
+    """Shards no (manifest trials, config) pair in `uses` references, plus leftovers; deleted only when `yes`.
+
+    Deleting holds the cache alone from resolution to the last unlink (refused
+    while an extract runs), so it never removes an in-flight temporary, a shard
+    an extract is about to read, or one an extract finished a moment before.
+    """
     store = CacheStore(cache)
-    doomed = [p for p in store.iter_shards() if p not in keep] + list(store.iter_temporaries())
-    if yes:
-        for p in doomed:
+    if not yes:
+        return _gc_plan(store, uses)
+    with store.hold(exclusive=True, what="cache gc"):
+        plan = _gc_plan(store, uses)
+        locks = store.root / "locks"
+        plan.leftovers += sorted(locks.glob("*.lock")) if locks.is_dir() else []
+        plan.leftovers += sorted((store.root / "index").glob(".*.tmp")) if (store.root / "index").is_dir() else []
+        gone: dict[str, set[str]] = {}
+        for p in plan.shards + plan.leftovers:
             p.unlink(missing_ok=True)
-    return doomed
+        for p in plan.shards:
+            gone.setdefault(_trial_of(p), set()).add(p.name.rsplit(".", 2)[1])
+        shutil.rmtree(store.root / "quarantine", ignore_errors=True)
+        index = TrialIndex(store.root)
+        for trial, prefixes in gone.items():
+            index.forget(trial, prefixes)
+    return plan

@@ -25,6 +25,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+TOP_LEVEL = ("preset", "fingerprint", "stages", "train")
+
+
 class ConfigError(ValueError):
     """Bad config input; the message names the file (and line/column for syntax errors)."""
 
@@ -47,10 +50,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be an object with 'stages' and/or 'train'")
-    unknown = set(data) - {"stages", "train", "preset"}
+    unknown = set(data) - set(TOP_LEVEL)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
-                          "(expected 'preset', 'stages', 'train')")
+                          f"(expected {', '.join(repr(k) for k in TOP_LEVEL)})")
     return data
 
 
@@ -74,12 +77,27 @@ def resolve_stage_settings(config: dict[str, Any] | str | Path | None, *, source
                           f"(known: {', '.join(sorted(STAGES))})")
     out: dict[str, Any] = {}
     for name, cls in STAGES.items():
-        values = {**PRESETS[preset_name].get(name, {}), **(explicit.get(name) or {})}
+        given = explicit.get(name)
+        if given is not None and not isinstance(given, dict):
+            raise ConfigError(f"{source}: stages.{name} must be an object of setting: value, got {given!r}")
+        values = {**PRESETS[preset_name].get(name, {}), **(given or {})}
         try:
             out[name] = settings_from_dict(cls, values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
     return out
+
+
+def fingerprint_mode(config: dict[str, Any] | str | Path | None) -> str:
+    """How input files are identified: ``sampled`` (default) or ``full`` content hashing (`pipeline.identity`)."""
+    from .identity import MODES
+
+    source = str(config) if isinstance(config, (str, Path)) else "config"
+    data = load_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
+    mode = data.get("fingerprint", "sampled")
+    if mode not in MODES:
+        raise ConfigError(f"{source}: fingerprint must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
 
 
 def build_stages(config: dict[str, Any] | str | Path | None) -> dict[str, Stage]:
@@ -96,4 +114,5 @@ def show_config(config: dict[str, Any] | str | Path | None = None) -> dict[str, 
         train = load_config_file(config).get("train", {}) or {}
     elif isinstance(config, dict):
         train = config.get("train", {}) or {}
-    return {"stages": {name: dataclasses.asdict(s) for name, s in settings.items()}, "train": train}
+    return {"fingerprint": fingerprint_mode(config),
+            "stages": {name: dataclasses.asdict(s) for name, s in settings.items()}, "train": train}

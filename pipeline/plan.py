@@ -1,10 +1,20 @@
 """Cache keys and the per-(trial, stage) plan: what is cached, what to compute, what failed before.
 
 Key of a shard = sha256 of (stage name, stage version, key-relevant settings,
-per-trial parameters, upstream shard keys, input file fingerprints). Because
-upstream keys enter the key, changing one stage's settings changes the keys of
-that stage and of everything downstream of it, for the trials it touches, and
-of nothing else.
+per-trial parameters, upstream shard keys, input files' *content*
+fingerprints, see `pipeline.identity`). Because upstream keys enter the key,
+changing one stage's settings changes the keys of that stage and of everything
+downstream of it, for the trials it touches, and of nothing else; because
+inputs are identified by content, moving, copying or touching a dataset
+changes none.
+
+The *recipe* is the same minus the input fingerprints (upstream recipes
+instead of keys): what readers use, through the cache index, when the inputs
+are not at hand (`pipeline.index`).
+
+A shard counts as cached only when it passes its checks: its checksums are
+read in full whenever its file changed since the last verification, and a
+damaged shard is planned for recomputation (and moved aside by the run).
 """
 from __future__ import annotations
 
@@ -14,24 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .identity import FingerprintMemo
+from .index import TrialIndex, file_stamp
 from .manifest import Trial
+from .shards import verify_shard
 from .stage import STAGES, Stage
 from .store import CacheStore
 
 
 class PlanError(ValueError):
     """Unknown stage names or a stage graph that cannot be ordered."""
-
-
-def fingerprint(path: Path) -> dict[str, Any]:
-    """Identity of an input file or folder: resolved path, size, mtime (content hashing 3M frames is too slow)."""
-    p = Path(path).expanduser().resolve()
-    st = p.stat()  # raises FileNotFoundError for missing inputs
-    if p.is_dir():
-        names = sorted(x.name for x in p.iterdir())
-        digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-        return {"path": str(p), "entries": len(names), "names": digest, "mtime_ns": st.st_mtime_ns}
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def stage_order(selected: Iterable[str] | None) -> list[str]:
@@ -74,69 +76,126 @@ class Task:
     error_kind: str = ""
     error: str = ""
     blocked_by: str = ""  # the upstream stage whose failure blocks this task ("" = its own input)
+    recipe: str = ""
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # content fingerprints of input_files
+    damaged: str = ""  # why an existing shard at `path` is not trusted (it is recomputed)
+    stamp: list[int] | None = None  # the shard file's (size, mtime, ctime) when last verified in full
+    reindex: bool = False  # the index lacks this cached shard or its stamp is new: record it
 
     @property
     def name(self) -> str:
         """Readable Dask key."""
         return f"{self.stage}-{self.trial.trial}-{self.key[:8]}"
 
+    def index_entry(self) -> dict[str, Any]:
+        return {"stage": self.stage, "recipe": self.recipe, "key": self.key, "upstream": self.upstream,
+                "inputs": self.inputs, "stamp": self.stamp}
+
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def task_key(stage: Stage, trial: Trial, upstream: dict[str, str]) -> str:
-    """The content address of one shard (see module docstring). Raises OSError for missing inputs."""
+def recipe_of(stage: Stage, trial: Trial, upstream_recipes: dict[str, str]) -> str:
+    """Everything the key depends on except input content: computable without any input file."""
+    return _digest({
+        "stage": stage.name,
+        "version": stage.version,
+        "settings": stage.key_settings(),
+        "trial": stage.trial_params(trial),
+        "upstream": upstream_recipes,
+    })
+
+
+def task_key(stage: Stage, trial: Trial, upstream: dict[str, str], inputs: list[dict[str, Any]]) -> str:
+    """The content address of one shard (see module docstring)."""
     return _digest({
         "stage": stage.name,
         "version": stage.version,
         "settings": stage.key_settings(),
         "trial": stage.trial_params(trial),
         "upstream": upstream,
-        "inputs": [fingerprint(p) for p in stage.input_files(trial)],
+        "inputs": inputs,
     })
 
 
+def shard_is_sound(path: Path, stamp: list[int] | None) -> tuple[str, list[int] | None]:
+    """("", new stamp or None when unchanged) for a sound shard, (problem, None) for a damaged one.
+
+    A shard whose (size, mtime, ctime) equals the stamp recorded at its last full
+    verification is trusted without reading it; otherwise every dataset is read,
+    which checks every checksum.
+    """
+    try:
+        current = file_stamp(path)
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}", None
+    if stamp is not None and list(stamp) == current:
+        return "", None
+    problems = verify_shard(path)
+    if problems:
+        return "; ".join(problems), None
+    return "", current
+
+
 def make_plan(trials: list[Trial], stages: dict[str, Stage], order: list[str], store: CacheStore,
-              retry_failed: bool = False) -> list[Task]:
-    """Key and status for every (trial, stage), computing nothing and reading only file metadata."""
+              retry_failed: bool = False, fingerprint_mode: str = "sampled") -> list[Task]:
+    """Key and status for every (trial, stage), computing nothing (reads only what checks need).
+
+    Input fingerprints are memoised in the cache (`pipeline.identity`); the memo
+    is written back at the end (best effort on read-only caches).
+    """
     failed = store.failed_keys()
+    memo = FingerprintMemo(store.root / "fingerprints.json", fingerprint_mode)
+    index = TrialIndex(store.root)
     tasks: list[Task] = []
     for trial in trials:
         keys: dict[str, str] = {}
+        recipes: dict[str, str] = {}
         blocked: dict[str, Task] = {}
         for name in order:
             stage = stages[name]
             upstream = {dep: keys[dep] for dep in stage.inputs if dep in keys}
+            recipe = recipe_of(stage, trial, {dep: recipes[dep] for dep in stage.inputs if dep in recipes})
+            recipes[name] = recipe
             dead = [dep for dep in stage.inputs if dep in blocked]
             if dead:
                 cause = blocked[dead[0]]
                 key = _digest({"blocked": name, "trial": trial.trial, "by": cause.key})
-                task = Task(trial, name, key, None, "blocked", upstream, cause.error_kind, cause.error, dead[0])
+                task = Task(trial, name, key, None, "blocked", upstream, cause.error_kind, cause.error, dead[0],
+                            recipe=recipe)
                 blocked[name] = task
                 tasks.append(task)
                 continue
             try:
-                key = task_key(stage, trial, upstream)
+                inputs = [memo.fingerprint(p) for p in stage.input_files(trial)]
             except OSError as exc:
                 missing = exc.filename or "input"
+                reason = "file not found" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
                 key = _digest({"missing": name, "trial": trial.trial, "file": str(missing)})
                 task = Task(trial, name, key, None, "blocked", upstream, "missing-file",
-                            f"{missing}: file not found (manifest {trial.source or trial.trial})")
+                            f"{missing}: {reason} (manifest {trial.source or trial.trial})", recipe=recipe)
                 blocked[name] = task
                 tasks.append(task)
                 continue
+            key = task_key(stage, trial, upstream, inputs)
             keys[name] = key
             path = store.shard_path(name, trial.trial, key)
+            task = Task(trial, name, key, path, "todo", upstream, recipe=recipe, inputs=inputs)
             if path.exists():
-                status = "cached"
+                known = [v for v in index.versions(trial.trial, name, recipe) if v.get("key") == key]
+                recorded = known[0].get("stamp") if known else None
+                problem, fresh = shard_is_sound(path, recorded)
+                if problem:
+                    task.damaged = problem
+                else:
+                    task.status = "cached"
+                    task.stamp = fresh or recorded
+                    task.reindex = not known or fresh is not None
             elif key in failed and not retry_failed:
-                status = "failed-before"
-            else:
-                status = "todo"
-            task = Task(trial, name, key, path, status, upstream)
-            if status == "failed-before":
+                task.status = "failed-before"
                 task.error_kind, task.error = failed[key].kind, failed[key].message
                 blocked[name] = task
             tasks.append(task)
+    memo.save()
     return tasks

@@ -1,9 +1,19 @@
 """Read cached shards back as arrays aligned on one frame grid (the trainer's only door to features).
 
-The reader recomputes the same keys the extractor would (from the manifest,
-the config and the input files' metadata), so it can only ever return shards
-that match the settings asked for: a stale shard from older settings is simply
-not found, rather than silently used.
+Shards are found from the manifest and the config alone; the inputs (videos,
+annotations, weight files) need not be on this machine. For each (trial,
+stage) the reader computes the recipe (`pipeline.plan.recipe_of`) and:
+
+- when every input file of the stage is at hand, computes the exact key, as
+  extract would, so a changed input is never answered with an old shard
+  (reported as stale instead);
+- otherwise asks the cache index for the most recent version extract produced
+  for that recipe and those upstream shards whose recorded fingerprints agree
+  with whatever inputs *are* at hand.
+
+A shard from other settings is never returned: settings are in the recipe.
+Trials whose stage failed with an input verdict (no face, corrupt media) are
+reported as such (`unavailable`), so a trainer can skip them knowingly.
 """
 from __future__ import annotations
 
@@ -13,11 +23,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import build_stages
+from .config import build_stages, fingerprint_mode
+from .identity import FingerprintMemo
+from .index import TrialIndex
 from .manifest import Trial, read_manifest
-from .plan import Task, make_plan, stage_order
+from .plan import recipe_of, stage_order, task_key
 from .shards import read_shard
-from .stage import STAGES
+from .stage import STAGES, Stage
 from .store import CacheStore
 
 
@@ -42,6 +54,31 @@ class TrialArrays:
         return int(self.frame.shape[0])
 
 
+@dataclass
+class Resolved:
+    """Where one (trial, stage) stands in the cache, as far as a reader can tell."""
+
+    status: str  # cached | missing | stale | failed-before | blocked
+    key: str = ""  # the shard's key when cached, or computed from inputs at hand
+    path: Path | None = None
+    kind: str = ""  # the ledger's error kind for failed-before / blocked
+    message: str = ""
+    exact: bool = False  # every input was at hand, so the key was computed, not looked up
+
+
+def _agrees(recorded: list[Any], at_hand: list[dict[str, Any] | None], mode: str) -> bool:
+    """Recorded fingerprints match every input we could fingerprint here (and use the same mode)."""
+    if len(recorded) < len(at_hand):
+        return False
+    at_hand = at_hand + [None] * (len(recorded) - len(at_hand))
+    for rec, now in zip(recorded, at_hand):
+        if now is not None and rec != now:
+            return False
+        if now is None and isinstance(rec, dict) and rec.get("kind") == "file" and mode not in rec:
+            return False
+    return True
+
+
 class CacheReader:
     """Look up and load shards of a cache for the trials of a manifest and one config."""
 
@@ -50,10 +87,76 @@ class CacheReader:
         self.trials = {t.trial: t for t in trials}
         self.config = config
         self._stages = build_stages(config)
-        self._tasks: dict[tuple[str, str], Task] = {}
+        self._mode = fingerprint_mode(config)
+        self._memo = FingerprintMemo(self.store.root / "fingerprints.json", self._mode)
+        self._index = TrialIndex(self.store.root)
+        self._verdicts = {}
+        for e in self.store.ledger():  # latest input verdict per (trial, stage, recipe)
+            if e.sticky and e.recipe:
+                self._verdicts[(e.trial, e.stage, e.recipe)] = e
+        self._tasks: dict[tuple[str, str], Resolved] = {}
         order = stage_order(list(STAGES))
-        for task in make_plan(trials, self._stages, order, self.store):
-            self._tasks[(task.trial.trial, task.stage)] = task
+        for trial in trials:
+            self._resolve_trial(trial, order)
+        self._memo.save()
+
+    def _resolve_trial(self, trial: Trial, order: list[str]) -> None:
+        recipes: dict[str, str] = {}
+        for name in order:
+            stage = self._stages[name]
+            recipe = recipe_of(stage, trial, {d: recipes[d] for d in stage.inputs if d in recipes})
+            recipes[name] = recipe
+            ups = {d: self._tasks[(trial.trial, d)] for d in stage.inputs}
+            dead = [d for d, r in ups.items() if r.status in ("failed-before", "blocked")] + \
+                   [d for d, r in ups.items() if not r.key]
+            if dead:
+                cause = ups[dead[0]]
+                self._tasks[(trial.trial, name)] = Resolved("blocked", kind=cause.kind,
+                                                            message=f"{dead[0]}: {cause.message or cause.status}")
+                continue
+            self._tasks[(trial.trial, name)] = self._resolve(trial, name, stage, recipe,
+                                                             {d: r.key for d, r in ups.items()})
+
+    def _resolve(self, trial: Trial, name: str, stage: Stage, recipe: str, upstream: dict[str, str]) -> Resolved:
+        at_hand: list[dict[str, Any] | None] = []
+        for f in stage.input_files(trial):
+            try:
+                at_hand.append(self._memo.fingerprint(f))
+            except OSError:
+                at_hand.append(None)
+        versions = [v for v in self._index.versions(trial.trial, name, recipe) if v.get("upstream") == upstream
+                    and self.store.shard_path(name, trial.trial, v["key"]).exists()]
+        exact = all(fp is not None for fp in at_hand)
+        key = task_key(stage, trial, upstream, at_hand) if exact else ""  # type: ignore[arg-type]
+        if exact and self.store.shard_path(name, trial.trial, key).exists():
+            return Resolved("cached", key, self.store.shard_path(name, trial.trial, key), exact=True)
+        # Inputs appended last (weight files) may be absent here: compare what is at hand.
+        found = [v for v in versions if _agrees(v.get("inputs", []), at_hand, self._mode)]
+        if found:
+            latest = max(found, key=lambda v: v.get("time", 0))
+            return Resolved("cached", latest["key"], self.store.shard_path(name, trial.trial, latest["key"]))
+        if versions:
+            return Resolved("stale", message="its input files changed since they were extracted")
+        verdict = self._verdicts.get((trial.trial, name, recipe))
+        if verdict is not None and (not exact or verdict.key == key):
+            return Resolved("failed-before", key, kind=verdict.kind, message=verdict.message, exact=exact)
+        # `key` (when exact) is where extract would write it: the shard is simply not there yet.
+        return Resolved("missing", key, exact=exact)
+
+    def status(self, trial: str, stage: str) -> Resolved:
+        return self._tasks[(trial, stage)]
+
+    def unavailable(self, stages: Sequence[str], trials: Sequence[str] | None = None
+                    ) -> dict[str, tuple[str, str, str]]:
+        """trial -> (stage, kind, message) for trials an input verdict keeps from `stages` (no face, ...)."""
+        out: dict[str, tuple[str, str, str]] = {}
+        for t in (list(trials) if trials is not None else list(self.trials)):
+            for s in stages:
+                res = self._tasks[(t, s)]
+                if res.status in ("failed-before", "blocked") and res.kind:
+                    out[t] = (s, res.kind, res.message)
+                    break
+        return out
 
     def key(self, trial: str, stage: str) -> str:
         return self._tasks[(trial, stage)].key
@@ -73,7 +176,9 @@ class CacheReader:
             parts = []
             for s, ts in missing.items():
                 shown = ", ".join(ts[:5]) + (f" and {len(ts) - 5} more" if len(ts) > 5 else "")
-                parts.append(f"{s}: {shown}")
+                stale = [t for t in ts if self._tasks[(t, s)].status == "stale"]
+                parts.append(f"{s}: {shown}" + (f" ({len(stale)} stale: inputs changed since extraction)"
+                                                 if stale else ""))
             raise MissingShardsError(f"{self.store.root}: no cached shards for " + "; ".join(parts)
                                      + " (run `affpipe extract` with the same manifest and config)")
 

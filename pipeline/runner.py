@@ -19,9 +19,10 @@ from typing import Any, Callable, Iterator
 import dask
 from dask.callbacks import Callback
 
-from .config import build_stages
+from .config import build_stages, fingerprint_mode
+from .index import TrialIndex, file_stamp
 from .manifest import Trial, read_manifest
-from .plan import Task, fingerprint, make_plan, stage_order
+from .plan import Task, make_plan, stage_order
 from .store import CacheStore
 from .worker import compute_shard
 
@@ -42,6 +43,8 @@ class ExtractSummary:
     timing: dict[str, dict[str, float]] = field(default_factory=dict)
     #: per stage: the Dask workers that computed its shards ("local" for sync/threads)
     workers: dict[str, list[str]] = field(default_factory=dict)
+    #: shards found damaged (failed checksum, truncated, unreadable): moved aside and recomputed
+    damaged: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -55,7 +58,7 @@ class ExtractSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "failures": self.failures, "seconds": self.seconds,
                 "dry_run": self.dry_run, "cache": self.cache, "ok": self.ok, "timing": self.timing,
-                "workers": self.workers}
+                "workers": self.workers, "damaged": self.damaged}
 
 
 # -- schedulers ---------------------------------------------------------------------------------
@@ -205,9 +208,8 @@ class StageProgress:
 
 # -- the run ------------------------------------------------------------------------------------
 
-def _spec(task: Task, store: CacheStore, settings: dict[str, Any], paths: dict[tuple[str, str], Path],
-          stages: dict[str, Any]) -> dict[str, Any]:
-    stage = stages[task.stage]
+def _spec(task: Task, store: CacheStore, settings: dict[str, Any], paths: dict[tuple[str, str], Path]
+          ) -> dict[str, Any]:
     return {
         "cache": str(store.root),
         "stage": task.stage,
@@ -217,7 +219,7 @@ def _spec(task: Task, store: CacheStore, settings: dict[str, Any], paths: dict[t
         "path": str(task.path),
         "upstream": {dep: str(paths[(task.trial.trial, dep)]) for dep in task.upstream},
         "upstream_keys": task.upstream,
-        "fingerprint": [fingerprint(p) for p in stage.input_files(task.trial)],
+        "fingerprint": task.inputs,
     }
 
 
@@ -239,19 +241,40 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
     store = CacheStore(cache)
     if not dry_run:
         store.ensure_writable()
-    tasks = make_plan(trials, stage_objs, order, store, retry_failed=retry_failed)
+    with store.hold(exclusive=False):  # gc and repair wait until this run ends
+        return _extract_held(trials, stage_objs, order, store, config, scheduler, workers, dry_run,
+                             retry_failed, progress, gpu, console, started)
+
+
+def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[str], store: CacheStore,
+                  config: Any, scheduler: str, workers: int | None, dry_run: bool, retry_failed: bool,
+                  progress: bool, gpu: bool, console: Any, started: float) -> ExtractSummary:
+    tasks = make_plan(trials, stage_objs, order, store, retry_failed=retry_failed,
+                      fingerprint_mode=fingerprint_mode(config))
+    damaged = [{"trial": t.trial.trial, "stage": t.stage, "path": str(t.path), "problem": t.damaged}
+               for t in tasks if t.damaged]
     prog = StageProgress(tasks, order, enabled=progress and not dry_run)
     failures: list[dict[str, Any]] = []
 
     if dry_run:
         counts = {s: {k: prog.counts[s][k] for k in ("cached", "todo", "failed-before", "blocked")} for s in order}
-        return ExtractSummary(counts, [], time.time() - started, True, str(store.root))
+        return ExtractSummary(counts, [], time.time() - started, True, str(store.root), damaged=damaged)
+
+    index = TrialIndex(store.root)
+    by_trial: dict[str, list[Task]] = {}
+    for t in tasks:
+        if t.damaged and t.path is not None and t.path.exists():
+            store.quarantine(t.path)
+        if t.reindex:
+            by_trial.setdefault(t.trial.trial, []).append(t)
+    for trial_id, ts in by_trial.items():
+        index.record(trial_id, [t.index_entry() for t in ts])
 
     known = {e.key for e in store.ledger()}
     for t in tasks:  # inputs missing at plan time: one ledger entry per (trial, stage, key)
         if t.status == "blocked" and not t.blocked_by:
             if t.key not in known:
-                store.record_failure(t.trial.trial, t.stage, t.key, t.error_kind, t.error)
+                store.record_failure(t.trial.trial, t.stage, t.key, t.error_kind, t.error, recipe=t.recipe)
             failures.append({"trial": t.trial.trial, "stage": t.stage, "kind": t.error_kind, "message": t.error})
 
     settings = {name: dataclasses.asdict(obj.settings) for name, obj in stage_objs.items()}
@@ -269,7 +292,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
         annotations = {"resources": {"GPU": 1}} if gpu and stage_objs[t.stage].gpu_capable else {}
         with dask.annotate(**annotations):
             graph[(t.trial.trial, t.stage)] = dask.delayed(compute_shard, pure=False)(
-                _spec(t, store, settings[t.stage], paths, stage_objs), *ups, dask_key_name=t.name)
+                _spec(t, store, settings[t.stage], paths), *ups, dask_key_name=t.name)
 
     running: set[str] = set()
     timing: dict[str, dict[str, float]] = {}
@@ -292,10 +315,18 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
             t = timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
             t["seconds"] += result.get("seconds", 0.0)
             t["frames"] += result.get("frames", 0)
+        if status in ("done", "cached") and task.path is not None:
+            try:  # just written and checked by its writer: its stamp spares the next plan a full read
+                task.stamp = file_stamp(task.path) if status == "done" else None
+                index.record(task.trial.trial, [task.index_entry()])
+            except OSError:
+                pass  # the shard vanished already: the next plan recomputes it
         if status == "failed":
             store.record_failure(result["trial"], result["stage"], result["key"], result["kind"],
-                                 result["message"], result.get("traceback", ""))
-            failures.append({k: result[k] for k in ("trial", "stage", "kind", "message")})
+                                 result["message"], result.get("traceback", ""),
+                                 sticky=bool(result.get("sticky", False)), recipe=task.recipe)
+            failures.append({k: result[k] for k in ("trial", "stage", "kind", "message")}
+                            | {"sticky": bool(result.get("sticky", False))})
         prog.finished(task.stage, status, name in running)
         running.discard(name)
 
@@ -314,7 +345,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
                 _run_distributed(delayed, scheduler, workers, on_start, on_result, by_name, store)
     summary = ExtractSummary({s: {k: prog.counts[s][k] for k in STATUSES} for s in order}, failures,
                              time.time() - started, False, str(store.root), timing=timing,
-                             workers=worker_names)
+                             workers=worker_names, damaged=damaged)
     summary.summary_path = str(store.save_run_summary(summary.to_dict()))
     if console is not None:
         console.print(prog.table())
@@ -345,7 +376,7 @@ def _run_distributed(delayed: list[Any], scheduler: str, workers: int | None,
                 except Exception as exc:  # noqa: BLE001  a worker died (segfault, OOM): record, go on
                     task = by_name[name]
                     result = {"trial": task.trial.trial, "stage": task.stage, "key": task.key,
-                              "status": "failed", "kind": type(exc).__name__,
+                              "status": "failed", "kind": type(exc).__name__, "sticky": False,
                               "message": f"{task.trial.video}: worker failed: {exc}"}
                 on_result(name, result)
             time.sleep(0.1)

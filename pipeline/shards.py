@@ -11,24 +11,34 @@ Layout of a shard:
               n_container, n_labelled, ... plus the stage's own attrs.
 
 Frame-keyed arrays are uncompressed: gzip on float16 embeddings saved ~15% of
-the bytes but made random 300-frame window reads ~16x slower, and the trainer
-does exactly those reads. Files are written under a temporary name in the same
-folder and renamed, so a killed writer never leaves a half shard in place.
+the bytes and bought nothing the trainer needs (it reads whole shards once).
+Files are written under a temporary name in the same folder and renamed, so a
+killed writer never leaves a half shard in place.
+
+Integrity (schema 2): every array dataset carries HDF5's fletcher32 checksum,
+checked by HDF5 on every read of a chunk, so flipped bytes surface as a read
+error rather than as numbers; datasets that cannot carry a filter (strings,
+scalars, empty arrays) have a sha256 in the ``digests`` attribute; files are
+written with the latest HDF5 format, whose metadata (superblock, object
+headers, B-trees) is checksummed too. Shards of schema 1 (no checksums) are
+not trusted and are recomputed. `finite_problems` refuses NaN/Inf before a
+shard is written; `verify_shard` reads everything and checks all of it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from .atomic import temporary_sibling
 from .stage import ShardData
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: fletcher32 / sha256 on every dataset (1 had none and is recomputed)
 FRAME_KEYED = ("frame", "time", "features", "valid")
 TIME_CHUNK = 512  # rows per HDF5 chunk along time (a 300-frame window touches 1-2 chunks)
 
@@ -58,18 +68,45 @@ def _decode_attr(value: Any) -> Any:
     return value
 
 
-def _dataset(h5: h5py.File, name: str, data: np.ndarray, frame_keyed: bool) -> None:
+def _content_digest(data: np.ndarray) -> str:
+    if data.dtype == object or data.dtype.kind in "US":
+        payload = "\x1f".join(str(x) for x in np.ravel(data)).encode()
+    else:
+        payload = np.ascontiguousarray(data).tobytes()
+    return hashlib.sha256(f"{data.dtype.str}{data.shape}".encode() + payload).hexdigest()
+
+
+def _dataset(h5: h5py.File, name: str, data: np.ndarray, frame_keyed: bool, digests: dict[str, str]) -> None:
+    """Create one dataset with a checksum: fletcher32 where HDF5 allows a filter, else a sha256 digest."""
     data = np.asarray(data)
     if data.dtype.kind == "U":
-        h5.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype())
-        return
+        data = data.astype(object)
     if data.dtype == object:
         h5.create_dataset(name, data=data, dtype=h5py.string_dtype())
+        digests[name] = _content_digest(data)
         return
-    chunks = None
-    if frame_keyed and data.ndim >= 1 and data.shape[0] > 0:
+    if data.ndim == 0 or data.size == 0:
+        h5.create_dataset(name, data=data)
+        digests[name] = _content_digest(data)
+        return
+    if frame_keyed:
         chunks = (min(TIME_CHUNK, data.shape[0]),) + tuple(data.shape[1:])
-    h5.create_dataset(name, data=data, chunks=chunks)
+    else:
+        chunks = True
+    h5.create_dataset(name, data=data, chunks=chunks, fletcher32=True)
+
+
+def finite_problems(arrays: dict[str, np.ndarray | None]) -> list[str]:
+    """Names and counts of float arrays holding NaN or Inf (stages must never write them)."""
+    problems = []
+    for name, arr in arrays.items():
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            problems.append(f"/{name} holds {bad} NaN/Inf value(s)")
+    return problems
 
 
 def write_shard(path: Path, *, frame: np.ndarray, time: np.ndarray, features: np.ndarray | None,
@@ -83,24 +120,26 @@ def write_shard(path: Path, *, frame: np.ndarray, time: np.ndarray, features: np
     if valid is not None and valid.shape[0] != n:
         raise ShardError(f"{path}: valid has {valid.shape[0]} rows for {n} frames")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_sibling(path)
+    digests: dict[str, str] = {}
     try:
-        with h5py.File(tmp, "w") as h5:
-            _dataset(h5, "frame", np.asarray(frame, dtype=np.int64), True)
-            _dataset(h5, "time", np.asarray(time, dtype=np.float64), True)
+        with h5py.File(tmp, "w", libver="latest") as h5:
+            _dataset(h5, "frame", np.asarray(frame, dtype=np.int64), True, digests)
+            _dataset(h5, "time", np.asarray(time, dtype=np.float64), True, digests)
             if features is not None:
-                _dataset(h5, "features", features, True)
+                _dataset(h5, "features", features, True, digests)
             if valid is not None:
-                _dataset(h5, "valid", np.asarray(valid, dtype=bool), True)
+                _dataset(h5, "valid", np.asarray(valid, dtype=bool), True, digests)
             for name, data in extras.items():
                 if name in FRAME_KEYED:
                     raise ShardError(f"{path}: extra dataset name {name!r} is reserved")
                 arr = np.asarray(data)
-                _dataset(h5, name, arr, arr.ndim >= 1 and arr.shape[0] == n)
+                _dataset(h5, name, arr, arr.ndim >= 1 and arr.shape[0] == n, digests)
             h5.attrs["schema"] = SCHEMA_VERSION
             h5.attrs["n_frames"] = n
             for k, v in attrs.items():
                 h5.attrs[k] = _attr_value(v)
+            h5.attrs["digests"] = json.dumps(digests, sort_keys=True)
             h5.flush()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -130,6 +169,10 @@ def read_shard(path: Path, rows: slice | None = None) -> ShardData:
             # Which extras are frame-keyed is declared by the stage when it can be ambiguous (a text
             # shard may have as many segments as frames); otherwise judged by their length.
             declared = attrs.get("frame_keyed_extras")
+            digests = attrs.get("digests") if isinstance(attrs.get("digests"), dict) else {}
+            if int(attrs.get("schema", 0)) < SCHEMA_VERSION:
+                raise ShardError(f"{path}: shard schema {attrs.get('schema')} has no checksums; "
+                                 "`affpipe extract` recomputes it")
             extras = {}
             for name in h5.keys():
                 if name in FRAME_KEYED:
@@ -140,6 +183,10 @@ def read_shard(path: Path, rows: slice | None = None) -> ShardData:
                 if h5py.check_string_dtype(ds.dtype) is not None:
                     data = np.array([x.decode() if isinstance(x, bytes) else x for x in np.atleast_1d(data)],
                                     dtype=object)
+                if name in digests and (rows is None or not frame_keyed) and _content_digest(
+                        np.asarray(data).reshape(ds.shape)) != digests[name]:
+                    raise ShardError(f"{path}: /{name} does not match its sha256 digest (damaged); "
+                                     "`affpipe extract` recomputes it")
                 extras[name] = data
             return ShardData(
                 stage=str(attrs.get("stage", "")),
@@ -153,11 +200,16 @@ def read_shard(path: Path, rows: slice | None = None) -> ShardData:
                 attrs=attrs,
             )
     except (OSError, KeyError) as exc:
-        raise ShardError(f"{path}: cannot read shard ({exc})") from None
+        raise ShardError(f"{path}: cannot read shard, damaged or failing its checksum ({exc}); "
+                         "`affpipe extract` recomputes it") from None
 
 
 def verify_shard(path: Path) -> list[str]:
-    """Schema and count checks; returns a list of problems (empty when the shard is sound)."""
+    """Read every byte and check it: schema, counts, checksums, digests, finite values.
+
+    Returns a list of problems (empty when the shard is sound). Reading every
+    dataset makes HDF5 check every fletcher32 checksum.
+    """
     problems: list[str] = []
     try:
         with h5py.File(path, "r") as h5:
@@ -169,20 +221,37 @@ def verify_shard(path: Path) -> list[str]:
                     problems.append(f"missing attribute {name}")
             if problems:
                 return problems
+            if int(h5.attrs["schema"]) < SCHEMA_VERSION:
+                return [f"schema {int(h5.attrs['schema'])} has no checksums (current {SCHEMA_VERSION}): recompute"]
+            digests = json.loads(h5.attrs.get("digests", "{}"))
             n = int(h5.attrs["n_frames"])
+            data: dict[str, np.ndarray] = {}
+            for name in h5.keys():
+                ds = h5[name]
+                try:
+                    data[name] = ds[()]
+                except OSError as exc:
+                    problems.append(f"/{name} fails its checksum ({exc})")
+                    continue
+                if name in digests:
+                    arr = data[name]
+                    if h5py.check_string_dtype(ds.dtype) is not None:
+                        arr = np.array([x.decode() if isinstance(x, bytes) else x for x in np.ravel(arr)],
+                                       dtype=object).reshape(np.shape(arr))
+                    if _content_digest(np.asarray(arr)) != digests[name]:
+                        problems.append(f"/{name} does not match its sha256 digest")
+                elif ds.ndim and ds.size and not ds.fletcher32:
+                    problems.append(f"/{name} has no checksum")
             for name in FRAME_KEYED:
                 if name in h5 and h5[name].shape[0] != n:
                     problems.append(f"/{name} has {h5[name].shape[0]} rows, n_frames is {n}")
-            if "features" in h5:
-                feats = h5["features"][()]
-                if feats.dtype.kind == "f" and not np.isfinite(feats).all():
-                    problems.append("/features holds NaN or inf")
-            frame = h5["frame"][()]
-            if n and not np.array_equal(frame, np.arange(n)):
+            problems += finite_problems({k: data.get(k) for k in ("time", "features")})
+            frame = data.get("frame")
+            if frame is not None and n and not np.array_equal(frame, np.arange(n)):
                 problems.append("/frame is not 0..n-1")
             stem_key = Path(path).stem.rsplit(".", 1)[-1]
             if not str(h5.attrs["key"]).startswith(stem_key):
                 problems.append(f"key attribute {h5.attrs['key']} does not match file name")
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         problems.append(f"cannot open: {exc}")
     return problems

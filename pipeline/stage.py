@@ -139,11 +139,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def settings_from_dict(stage_cls: type[Stage], values: dict[str, Any] | None) -> Any:
-    """Build a stage's Settings from config values, rejecting unknown names with a clear message."""
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(stage_cls.Settings)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown setting(s) for stage {stage_cls.name!r}: {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(names))})")
-    return stage_cls.Settings(**values)
+    """A stage's Settings from config values, type-checked (see `pipeline.settings`): equal settings, equal keys."""
+    from .settings import build_settings
+
+    return build_settings(stage_cls.Settings, values, stage_cls.name)

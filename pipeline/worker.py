@@ -3,7 +3,10 @@
 Only small dicts travel through the scheduler (a task spec in, a status out);
 arrays go from the stage straight into the shard file on the shared cache
 path. Failures are returned as values, not raised, so Dask never retries or
-cancels the other trials: the driver turns them into ledger entries.
+cancels the other trials: the driver turns them into ledger entries. A
+`StageError` is a verdict on the input (sticky: "failed before" until the input
+changes); anything else (disk full, an unreadable upstream shard, a bug) is
+reported as not sticky, so the next run tries again.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import Trial
-from .shards import read_shard, write_shard
+from .shards import finite_problems, read_shard, write_shard
 from .stage import STAGES, StageError, StageOutput, settings_from_dict
 from .store import CacheStore, format_exception
 
@@ -83,6 +86,10 @@ def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> di
                 time_grid = upstream["probe"].time
             n = int(time_grid.shape[0])
             _check_rows(spec["stage"], out, n)
+            bad = finite_problems({"time": time_grid, "features": out.features})
+            if bad:  # never cache numbers that would poison every experiment downstream
+                raise StageError("non-finite", f"{spec['trial']['video']}: stage {spec['stage']} produced "
+                                               f"{'; '.join(bad)}; nothing was written")
             probe_attrs = upstream["probe"].attrs if "probe" in upstream else out.attrs
             attrs = {
                 "fps": probe_attrs.get("fps"),
@@ -104,8 +111,8 @@ def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> di
                         valid=out.valid, extras=out.extras, attrs=attrs)
     except StageError as exc:
         return {**base, "status": "failed", "kind": exc.kind, "message": str(exc),
-                "traceback": format_exception(exc)}
+                "traceback": format_exception(exc), "sticky": True}
     except Exception as exc:  # noqa: BLE001  one broken trial must never stop the others
         return {**base, "status": "failed", "kind": type(exc).__name__,
-                "message": f"{spec['trial']['video']}: {exc}", "traceback": format_exception(exc)}
+                "message": f"{spec['trial']['video']}: {exc}", "traceback": format_exception(exc), "sticky": False}
     return {**base, "status": "done", "seconds": time.time() - started, "frames": n}

@@ -50,16 +50,21 @@ def aligned_image_path(folder: Path, frame: int) -> Path:
     return Path(folder) / f"{frame + 1:05d}.jpg"
 
 
+def mtcnn_weight_files() -> list[Path]:
+    """The P-, R- and O-net weight files that ship inside facenet-pytorch."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("facenet_pytorch")  # without importing torch: planning stays light
+    data = Path(spec.origin).parent / "data" if spec and spec.origin else Path("facenet_pytorch/data")
+    return [data / f"{net}.pt" for net in ("pnet", "rnet", "onet")]
+
+
 @functools.lru_cache(maxsize=1)
 def mtcnn_weights_id() -> str:
     """sha256 over the P-, R- and O-net weight files that ship inside facenet-pytorch."""
-    import facenet_pytorch
-
     from ..backbones import sha256_file
 
-    data = Path(facenet_pytorch.__file__).parent / "data"
-    return hashlib.sha256("".join(sha256_file(data / f"{net}.pt") for net in ("pnet", "rnet", "onet"))
-                          .encode()).hexdigest()
+    return hashlib.sha256("".join(sha256_file(f) for f in mtcnn_weight_files()).encode()).hexdigest()
 
 
 def _load_mtcnn(min_face_size: int, thresholds: tuple[float, ...], device: str) -> Any:
@@ -138,11 +143,11 @@ class FacesStage(Stage):
         files = [trial.video]
         if trial.aligned_faces:
             files.append(trial.aligned_faces)
-        return files
+        return files + mtcnn_weight_files()  # MTCNN's weights enter the key like any input
 
     def trial_params(self, trial: Trial) -> dict[str, Any]:
         return {"trial": trial.trial, "subject": trial.subject,
-                "aligned_faces": str(trial.aligned_faces) if trial.aligned_faces else None}
+                "aligned_faces": trial.aligned_faces is not None}
 
     # -- compute ---------------------------------------------------------------------------------
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:

@@ -79,6 +79,12 @@ def model_dim(model: Any) -> int:
     return int(getter())
 
 
+def model_weight_files(name: str) -> list[Path]:
+    """The local weights file of a sentence-transformers model (none for a hub name not on disk)."""
+    target = Path(resolve_model_path(name))
+    return [target / f for f in _WEIGHT_FILES if (target / f).is_file()][:1]
+
+
 def weights_identity(name: str) -> str:
     """sha256 of the model's weights file when it is local, else the name and library version."""
     target = Path(resolve_model_path(name))
@@ -129,7 +135,9 @@ class TextStage(Stage):
 
     # -- key ---------------------------------------------------------------------
     def input_files(self, trial: Trial) -> list[Path]:
-        return [trial.transcript] if trial.transcript else []
+        # The model's weights are an input like any file: replacing them must recompute.
+        files = [trial.transcript] if trial.transcript else []
+        return files + model_weight_files(self.settings.model)
 
     def trial_params(self, trial: Trial) -> dict[str, Any]:
         return {"trial": trial.trial, "has_transcript": trial.transcript is not None}

@@ -71,7 +71,7 @@ class VisualStage(Stage):
 
     def trial_params(self, trial: Trial) -> dict[str, Any]:
         return {"trial": trial.trial,
-                "aligned_faces": str(trial.aligned_faces) if trial.aligned_faces else None}
+                "aligned_faces": trial.aligned_faces is not None}
 
     def _backbone(self):
         s = self.settings

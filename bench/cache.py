@@ -1,0 +1,126 @@
+"""What cache integrity and content identity cost: checksums on writes and window reads, full
+verification, planning a fully cached re-run of an Aff-Wild2-sized manifest.
+
+    python bench/cache.py [--frames 30000] [--trials 600]
+
+Prints one table. Numbers depend on the disk and on what else runs: compare rows of one run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.shards import TIME_CHUNK, read_shard, verify_shard, write_shard  # noqa: E402
+
+
+def _plain_write(path: Path, feats: np.ndarray) -> None:
+    """The schema-1 layout: the same chunks, no checksums (the baseline)."""
+    n = feats.shape[0]
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("frame", data=np.arange(n), chunks=(min(TIME_CHUNK, n),))
+        h5.create_dataset("time", data=np.arange(n) / 30.0, chunks=(min(TIME_CHUNK, n),))
+        h5.create_dataset("features", data=feats, chunks=(min(TIME_CHUNK, n), feats.shape[1]))
+        h5.create_dataset("valid", data=np.ones(n, bool), chunks=(min(TIME_CHUNK, n),))
+
+
+def _window_reads(path: Path, n: int, reads: int, rng: np.random.Generator) -> float:
+    starts = rng.integers(0, n - 300, size=reads)
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") as h5:
+        ds = h5["features"]
+        for s in starts:
+            ds[s:s + 300]
+    return (time.perf_counter() - t0) / reads
+
+
+def checksum_rows(root: Path, frames: int, dim: int = 512) -> list[tuple[str, str, str]]:
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((frames, dim)).astype(np.float32)
+    plain, checked = root / "plain.h5", root / "probe" / "t.0123456789abcdef0123.h5"
+    checked.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    t0 = time.perf_counter()
+    _plain_write(plain, feats)
+    t_plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_shard(checked, frame=np.arange(frames), time=np.arange(frames) / 30.0, features=feats,
+                valid=np.ones(frames, bool), extras={}, attrs={"trial": "t", "stage": "probe",
+                                                               "key": "0123456789abcdef0123"})
+    t_checked = time.perf_counter() - t0
+    mb = feats.nbytes / 2**20
+    rows.append(("write shard", f"{mb:.0f} MiB, {frames} frames x {dim}", f"{t_plain:.3f} s -> {t_checked:.3f} s "
+                 f"(fletcher32 + fsync + rename: x{t_checked / t_plain:.2f})"))
+    for name, path in (("plain", plain), ("checked", checked)):
+        _window_reads(path, frames, 20, rng)  # warm the page cache alike
+    w_plain = _window_reads(plain, frames, 300, rng)
+    w_checked = _window_reads(checked, frames, 300, rng)
+    rows.append(("random 300-frame window read", "page cache warm",
+                 f"{w_plain * 1e3:.2f} ms -> {w_checked * 1e3:.2f} ms (x{w_checked / w_plain:.2f})"))
+    t0 = time.perf_counter()
+    read_shard(checked)
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    problems = verify_shard(checked)
+    t_verify = time.perf_counter() - t0
+    assert not problems, problems
+    rows.append(("whole-shard read (trainer)", f"{mb:.0f} MiB", f"{t_read:.3f} s ({mb / t_read:.0f} MiB/s)"))
+    rows.append(("full verification", "checksums + finite + schema", f"{t_verify:.3f} s ({mb / t_verify:.0f} MiB/s)"))
+    return rows
+
+
+def planning_rows(root: Path, trials: int) -> list[tuple[str, str, str]]:
+    from fusion.synthetic_cache import write_synthetic_cache
+    from pipeline import extract
+    from pipeline.manifest import Trial, read_manifest, write_manifest
+
+    videos = root / "videos"
+    videos.mkdir()
+    rows_m = []
+    rng = np.random.default_rng(1)
+    for i in range(trials):
+        v = videos / f"trial{i:04d}.mp4"
+        v.write_bytes(rng.bytes(1 << 20))  # 1 MiB stand-ins: fingerprints read real blocks
+        rows_m.append(Trial(trial=f"trial{i:04d}", video=v, split="train"))
+    manifest = write_manifest(rows_m, root / "m.csv")
+    cache = root / "cache"
+    lengths = {t.trial: 120 for t in rows_m}
+    write_synthetic_cache(cache, read_manifest(manifest), lengths, {"audio": 39})
+    stages = ["probe", "audio", "labels"]
+    out = []
+    for label in ("first re-run: verify every shard, index it", "fully cached re-run (stamps, memo)"):
+        t0 = time.perf_counter()
+        s = extract(manifest, cache=cache, stages=stages, scheduler="sync", progress=False)
+        dt = time.perf_counter() - t0
+        assert s.computed() == 0, s.counts
+        out.append((label, f"{trials} trials x {len(stages)} stages", f"{dt:.2f} s"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=30000, help="frames of the checksum shard (a 16-minute video)")
+    ap.add_argument("--trials", type=int, default=600, help="trials of the planning manifest")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="affpipe-bench-cache-") as tmp:
+        root = Path(tmp)
+        rows = checksum_rows(root / "checksums", args.frames)
+        (root / "plan").mkdir()
+        rows += planning_rows(root / "plan", args.trials)
+    width = max(len(r[0]) for r in rows)
+    wid2 = max(len(r[1]) for r in rows)
+    print(f"{'what':<{width}}  {'size':<{wid2}}  result")
+    for what, size, result in rows:
+        print(f"{what:<{width}}  {size:<{wid2}}  {result}")
+
+
+if __name__ == "__main__":
+    main()
