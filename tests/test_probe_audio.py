@@ -119,6 +119,16 @@ def test_first_and_last_frame_of_every_shared_clip_have_audio(shared_media):
             assert out.features[0].any() and out.features[-1].any(), (clip.name, model)
 
 
+def test_a_frame_in_the_last_half_hop_of_the_track_has_audio(tmp_path):
+    # 16100 samples: the last frame (1.006 s, sample 16096) rounds to 10 ms row 101, one past the table.
+    path = write_video(tmp_path / "end.mkv", moving_frames(3), 25, audio=tone(16100 / 16000),
+                       audio_codec="pcm_s16le", times=[0.0, 0.5, 1.006])
+    for model in ("mfcc", "logmel"):
+        out = _audio(path, model=model)
+        assert out.valid.tolist() == [True, True, True], model
+        assert out.features.any(axis=1).all(), model
+
+
 def test_blockwise_features_equal_whole_track():
     rng = np.random.default_rng(0)
     y = (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)

@@ -267,8 +267,9 @@ class AudioStage(Stage):
         valid[:] = _covered(track.index_at(times), a, a + win, len(track.samples), loud)
         if valid.any():
             table = mfcc_rows(track.samples, sr)
-            valid &= rows < len(table)
-            features[valid] = table[rows[valid]]
+            # A centre in the track's last half hop rounds to one row past the table: its last row
+            # (centred under 10 ms away) is the nearest there is.
+            features[valid] = table[np.minimum(rows[valid], len(table) - 1)]
 
     def _patches(self, track: AudioTrack, times: np.ndarray, loud: np.ndarray,
                  features: np.ndarray, valid: np.ndarray, model: Any) -> None:
