@@ -187,6 +187,19 @@ def test_iter_frames_returns_every_frame_in_order_in_bounded_chunks(tmp_path):
     assert err.value.kind == "corrupt-media" and "only 70 frames decode" in str(err.value)
 
 
+def test_avi_with_b_frames_gets_an_increasing_grid(tmp_path):
+    # AVI stores no presentation times: PyAV hands B-frame pictures packet stamps in decode
+    # order (1, 4, 3, 5, 2, ...); the probe's grid is those stamps sorted.
+    path = write_video(tmp_path / "b.avi", moving_frames(30), 25, codec="libx264")
+    with av.open(str(path)) as c:
+        raw = [f.pts for f in c.decode(c.streams.video[0])]
+    assert raw != sorted(raw)
+    p = probe_video(path, isolate=False)
+    assert p.n_decoded == 30
+    np.testing.assert_allclose(np.diff(p.time), 0.04, atol=1e-9)
+    assert [frame_index(f) for f in _frames_read(path, 30)] == list(range(30))
+
+
 def test_variable_frame_rate_times_come_from_timestamps(tmp_path):
     gaps = np.where(np.arange(39) % 3 == 0, 0.1, 0.02)
     times = np.concatenate([[0.0], np.cumsum(gaps)])
