@@ -1,30 +1,42 @@
-"""Video and audio decoding with decord: the probe (what really decodes), frame chunks, aligned audio.
+"""Video and audio decoding: the probe (what really decodes), frame chunks, aligned audio.
 
-Why the probe decodes every frame: decord's ``len(vr)`` is the number of video
-*packets* its index found, and a damaged file can hold packets that never decode
-(a corrupt AVI measured here: ``len(vr) == 119``, zero frames decode). Reading
-past the real end with ``get_batch`` can block in native code. So the probe
-counts frames by decoding sequentially (``vr.next()`` until ``StopIteration``),
-and every later reader stops at that count. A decoder error part-way fails the
-probe (``corrupt-media``) rather than keeping the frames before it: decord's
-decoder thread can report the error before the earlier frames are consumed, so
-that prefix is not reproducible by a later reader. Known blind spot: when
-packets silently yield no picture, decord's ``next()`` seeks back and may hand
-out a repeated frame to make up the count; Python cannot see frame pts to tell.
+Video frames are decoded with PyAV (FFmpeg's libavcodec, one frame per picture the
+decoder presents, each with its own presentation timestamp), not decord. Why: decord
+numbers frames by *packets* and makes up the difference. Measured here: an MP4 whose
+first three packets carry negative timestamps (encoder priming / an edit list, which
+FFmpeg discards) was read as 98 frames instead of 95, the last three repeating frame
+94, and stamped with the first 98 packet times (every frame 125 ms early); on every
+GRID MPEG-1 clip decord's rows 0-62 were FFmpeg's frames 12-74 followed by 12 copies of
+frame 74 (a 0.48 s shift of all pixels against their times); on CREMA-D's VP6 its
+pixels drift from FFmpeg's (mean |diff| up to 0.2 grey levels). Python cannot see a
+decord frame's pts, so none of this was detectable. With PyAV the grid *is* the
+decoder's output: frame i is the i-th decoded picture and `time[i]` its own pts.
 
-Cost (measured on this 2-core box, one decoder thread): 480x360 VP6 and
-360x288 MPEG-1 clips ~0.6 ms/frame; 720p H.264 ~10 ms/frame at full size. The
-count is taken on a reader that scales frames to 32x32 (same decoder, same
-packets, so the same count) which cuts the 720p cost to ~6 ms/frame.
+The probe decodes every frame (no colour conversion) and records each frame's pts;
+every later reader (`iter_frames`) runs the same decode loop (`_Decoder`) and stops at
+that count, so faces, visual, audio and text all see one frame grid. Cost, measured on
+this 2-core box with one decoder thread (in-process, no child start-up): the 13 shared
+clips probe at ~550 frames/s (decord's decode-to-count: ~340) and decode to RGB at
+~490 frames/s (decord: ~275); a 720p H.264 clip of noise probes at ~60 frames/s (decord
+~60) and decodes to RGB at ~74 frames/s (decord ~37). A decoder or demuxer error
+part-way fails the probe (``corrupt-media``) rather than keeping the frames before
+it: a damaged stream is not trusted to train on. A file that simply ends early (a
+truncated download) is not an error: the frames that decode are the video.
 
 Why the probe runs in a child process: a decoder that hangs or crashes in native
 code cannot be interrupted from Python. The child reports JSON; the parent kills
 it after a size-dependent timeout and reports ``corrupt-media``. Starting it
 costs ~0.7 s per video, negligible next to decoding.
 
-Time axis: decord stamps frame i with ``(pts_i - start_time) * time_base`` of the
-video stream (sorted by pts, so variable frame rate is handled by time, not by
-index). Video time 0 is therefore the video stream's ``start_time``.
+Time axis: frame i is stamped ``(pts_i - start_time) * time_base`` of the video
+stream, where pts_i is the i-th smallest pts among the decoded pictures (frames
+dropped by an edit list never appear), so variable frame rate is handled by time,
+not by index. Sorting changes nothing where the container stores presentation
+times (MP4, MKV, FLV, MPEG-PS: the decoded pts already increase); AVI stores none,
+and an H.264 AVI with B-frames hands pictures the packet stamps in decode order
+(measured: 1, 4, 3, 5, 2, ...), which FFmpeg's own best-effort guess turns into
+repeated times; sorted, they are the frame grid. Video time 0 is the video stream's
+``start_time``. pts are integers, so times are exact in float64.
 
 Audio alignment (read decord/audio_reader.py and src/audio/audio_reader.cc):
 decord decodes the whole audio stream into memory from its first *decoded*
@@ -38,13 +50,9 @@ stream starts at 0.027 s, its audio at 0, so ``start = -0.027``. Packet pts are
 not used because AAC priming is dropped by the decoder in MP4 (first packet
 -0.064 s, first decoded frame 0.0 s) but not always (a delayed AAC track keeps
 its priming); the first decoded frame is what the samples really start with.
-The video stream's ``start_time`` (a header value; decord does not expose it) is
-read with PyAV, which opens the container but decodes nothing. Limit: decord
-clamps a negative first audio pts to 0, so audio that starts before absolute
-time 0 is placed up to that amount late (not seen in MP4/MKV/FLV/MPEG-PS here).
-
-decord's timestamps are float32; `_exact_times` snaps them back to the stream's
-time base where that is unambiguous.
+The video stream's ``start_time`` (a header value) is read with PyAV. Limit:
+decord clamps a negative first audio pts to 0, so audio that starts before
+absolute time 0 is placed up to that amount late (not seen in MP4/MKV/FLV/MPEG-PS here).
 """
 from __future__ import annotations
 
@@ -54,6 +62,7 @@ import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -63,8 +72,6 @@ from .stage import StageError
 
 #: Decoder threads per reader. One by default: workers already run one task per core.
 DECODE_THREADS = int(os.environ.get("AFFPIPE_DECODE_THREADS", "1"))
-#: Size of the frames the counting reader produces (only the count matters there).
-_COUNT_SIZE = 32
 
 
 @dataclass
@@ -139,48 +146,90 @@ def _corrupt(path: Path, what: str) -> StageError:
 
 @dataclass
 class _Streams:
-    video_start: float
-    video_time_base: float | None
+    video_start: float  # seconds (video_start_pts * video_time_base)
+    video_start_pts: int
+    video_time_base: Fraction | None
+    video_rate: float  # the container's average frame rate (0 when unknown)
     has_video: bool
     has_audio: bool
     audio_sample_rate: int | None
 
 
-def _stream_info(path: Path) -> _Streams:
+def _video_stream(container):
+    """The stream FFmpeg itself would pick (av_find_best_stream), else the first; None if no video."""
+    if not container.streams.video:
+        return None
+    return container.streams.best("video") or container.streams.video[0]
+
+
+def _open_container(path: Path, what: str):
+    """av.open with one-line errors (`what` says what the file should have been)."""
     import av
 
     try:
-        with av.open(str(path)) as c:
-            vs = c.streams.video[0] if c.streams.video else None
-            if vs is not None:
-                try:
-                    vs = c.streams.best("video") or vs  # the stream decord picks (av_find_best_stream)
-                except Exception:  # noqa: BLE001 - older PyAV without best(): first video stream
-                    pass
-            a = c.streams.audio[0] if c.streams.audio else None
-            vstart = float(vs.start_time * vs.time_base) if vs is not None and vs.start_time is not None else 0.0
-            rate = None
-            if a is not None:
-                rate = int(a.sample_rate or a.codec_context.sample_rate or 0) or None
-            tb = float(vs.time_base) if vs is not None and vs.time_base else None
-            return _Streams(vstart, tb, vs is not None, a is not None, rate)
+        return av.open(str(path))
     except av.error.FileNotFoundError:
         raise StageError("missing-file", f"{path}: file not found") from None
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)[:120]
-        raise _corrupt(path, f"not a readable media file ({reason})") from None
+        raise _corrupt(path, f"{what} ({reason})") from None
+
+
+def _stream_info(path: Path) -> _Streams:
+    with _open_container(path, "not a readable media file") as c:
+        vs = _video_stream(c)
+        a = c.streams.audio[0] if c.streams.audio else None
+        start_pts = int(vs.start_time) if vs is not None and vs.start_time is not None else 0
+        tb = Fraction(vs.time_base) if vs is not None and vs.time_base else None
+        rate = None
+        if a is not None:
+            rate = int(a.sample_rate or a.codec_context.sample_rate or 0) or None
+        vstart = float(start_pts * tb) if tb is not None else 0.0
+        vrate = float(vs.average_rate) if vs is not None and vs.average_rate else 0.0
+        return _Streams(vstart, start_pts, tb, vrate, vs is not None, a is not None, rate)
 
 
 # -- video -------------------------------------------------------------------------
 
-def _open_video(path: Path, width: int = -1, height: int = -1):
-    import decord
+class _Decoder:
+    """Every picture FFmpeg presents for the video stream, in order: the one decode loop all readers share.
 
-    try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height,
-                                  num_threads=DECODE_THREADS)
-    except Exception as exc:  # decord raises RuntimeError or DECORDError (a RuntimeError subclass)
-        raise _corrupt(path, f"cannot open as video ({_native_message(exc)})") from None
+    Iterating yields ``(pts, av.VideoFrame)``. Frames dropped by the container (edit lists,
+    priming packets flagged discard) never appear; a demuxer or decoder error raises
+    ``corrupt-media`` naming how many frames came before it. `n_packets` counts the
+    non-empty video packets demuxed so far (what decord's ``len()`` reported).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.n_packets = 0
+
+    def __iter__(self) -> Iterator[tuple[int, object]]:
+        import av
+
+        path = self.path
+        with _open_container(path, "cannot open as video") as container:
+            vs = _video_stream(container)
+            if vs is None:
+                raise _corrupt(path, "no video stream")
+            vs.thread_count = DECODE_THREADS
+            n = 0
+            packets = container.demux(vs)
+            while True:
+                try:
+                    packet = next(packets)
+                    self.n_packets += 1 if packet.size else 0
+                    frames = packet.decode()
+                except StopIteration:
+                    return
+                except (av.error.FFmpegError, ValueError) as exc:
+                    reason = getattr(exc, "strerror", None) or str(exc)[:120]
+                    raise _corrupt(path, f"decoding failed after {n} frames ({reason})") from None
+                for frame in frames:
+                    if frame.pts is None:
+                        raise _corrupt(path, f"frame {n} has no timestamp; cannot place it in time")
+                    yield int(frame.pts), frame
+                    n += 1
 
 
 def _probe_in_process(path: Path) -> VideoProbe:
@@ -188,38 +237,22 @@ def _probe_in_process(path: Path) -> VideoProbe:
     streams = _stream_info(path)
     if not streams.has_video:
         raise _corrupt(path, "no video stream")
-    vr = _open_video(path)
-    n_container = len(vr)
-    try:
-        first = vr.next()
-    except StopIteration:
-        raise _corrupt(path, f"no frame decodes (container lists {n_container})") from None
-    except Exception as exc:
-        raise _corrupt(path, f"decoding failed at frame 0 of {n_container} ({_native_message(exc)})") from None
-    height, width = int(first.shape[0]), int(first.shape[1])
-    fps = float(vr.get_avg_fps())
-    stamps = vr.get_frame_timestamp(range(n_container))[:, 0] if n_container else np.zeros(0)
-    del vr, first
-
-    counter = _open_video(path, _COUNT_SIZE, _COUNT_SIZE)
-    n = 0
-    while True:
-        try:
-            counter.next()
-        except StopIteration:
-            break
-        except Exception as exc:
-            # The prefix before a decoder error is not reproducible (decord's decoder thread
-            # can report it before the main thread has consumed the earlier frames), so a
-            # mid-stream error fails the trial instead of silently shortening it.
-            raise _corrupt(path, f"decoding failed after {n} of {n_container} frames "
-                                 f"({_native_message(exc)})") from None
-        n += 1
-    del counter
-    if n == 0:
-        raise _corrupt(path, f"no frame decodes (container lists {n_container})")
-
-    time = _exact_times(np.asarray(stamps[:n], dtype=np.float64), streams.video_time_base)
+    decoder = _Decoder(path)
+    pts: list[int] = []
+    width = height = 0
+    for stamp, frame in decoder:
+        if not pts:
+            width, height = int(frame.width), int(frame.height)
+        pts.append(stamp)
+    if not pts:
+        raise _corrupt(path, f"no frame decodes (container lists {decoder.n_packets})")
+    tb = streams.video_time_base or Fraction(1, 1)
+    # Integer ticks times an exact rational: one rounding, so times are exact to float64.
+    # Sorted: pictures leave the decoder in presentation order, but AVI (no pts field) hands
+    # B-frame pictures the stamps of packets in decode order; the sorted stamps are the grid.
+    ticks = np.sort(np.asarray(pts, dtype=np.int64)) - streams.video_start_pts
+    time = ticks.astype(np.float64) * tb.numerator / tb.denominator
+    fps = streams.video_rate
     if not np.isfinite(fps) or fps <= 0:
         diffs = np.diff(time)
         fps = float(1.0 / np.median(diffs)) if diffs.size and np.median(diffs) > 0 else 0.0
@@ -232,24 +265,10 @@ def _probe_in_process(path: Path) -> VideoProbe:
         except StageError as exc:
             # An empty track is no audio; an undecodable one fails the audio stage, not the probe.
             has_audio = exc.kind != "no-audio"
-    return VideoProbe(path=str(path), n_decoded=n, n_container=int(n_container), fps=fps,
+    return VideoProbe(path=str(path), n_decoded=len(pts), n_container=decoder.n_packets, fps=fps,
                       width=width, height=height, time=time, has_audio=has_audio,
                       audio_sample_rate=streams.audio_sample_rate, audio_start=audio_start,
                       video_start=streams.video_start)
-
-
-def _exact_times(stamps: np.ndarray, time_base: float | None) -> np.ndarray:
-    """Undo decord's float32 rounding by snapping to whole ticks of the stream's time base.
-
-    Only where float32 resolution at the largest time is well under a tick, so the
-    nearest tick is certainly the true one (else the float32 values are kept).
-    """
-    if time_base is None or time_base <= 0 or stamps.size == 0:
-        return stamps
-    ulp = float(np.spacing(np.float32(max(abs(stamps).max(), 1e-9))))
-    if ulp >= time_base / 8:
-        return stamps
-    return np.rint(stamps / time_base) * time_base
 
 
 def probe_timeout(path: Path) -> float:
@@ -307,8 +326,9 @@ def _probe_main() -> None:
 def iter_frames(path: str | Path, n_frames: int, chunk: int = 64) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start_index, uint8 [c, H, W, 3] RGB)`` for frames 0..n_frames-1, `chunk` at a time.
 
-    Sequential ``next()`` decoding, the path the probe verified, so no index at or past
-    `n_frames` is ever requested and nothing is seeked. Memory is one chunk (plus the
+    The probe's decode loop (`_Decoder`), so frame i here is the frame the probe stamped
+    ``time[i]``; decoding stops after `n_frames` and nothing is seeked. RGB is PyAV's
+    ``to_ndarray(format="rgb24")`` (FFmpeg's swscale). Memory is one chunk (plus the
     decoder's own buffers) whatever the video's length: 64 x 1080p RGB is ~400 MB, so
     callers on HD video pass a smaller `chunk`.
     """
@@ -318,24 +338,20 @@ def iter_frames(path: str | Path, n_frames: int, chunk: int = 64) -> Iterator[tu
         raise ValueError("chunk must be >= 1")
     if n_frames <= 0:
         return
-    vr = _open_video(path)
-    try:
-        for start in range(0, n_frames, chunk):
-            count = min(chunk, n_frames - start)
-            out: np.ndarray | None = None
-            for j in range(count):
-                try:
-                    frame = vr.next().asnumpy()
-                except StopIteration:
-                    raise _corrupt(path, f"only {start + j} frames decode, the probe counted {n_frames}") from None
-                except Exception as exc:
-                    raise _corrupt(path, f"decoding failed at frame {start + j} ({_native_message(exc)})") from None
-                if out is None:
-                    out = np.empty((count,) + frame.shape, dtype=np.uint8)
-                out[j] = frame
-            yield start, out
-    finally:
-        del vr
+    out: np.ndarray | None = None
+    i = 0
+    for _, frame in _Decoder(path):
+        rgb = frame.to_ndarray(format="rgb24")
+        j = i % chunk
+        if j == 0:
+            out = np.empty((min(chunk, n_frames - i),) + rgb.shape, dtype=np.uint8)
+        out[j] = rgb
+        i += 1
+        if j == len(out) - 1:
+            yield i - len(out), out
+            if i == n_frames:
+                return
+    raise _corrupt(path, f"only {i} frames decode, the probe counted {n_frames}")
 
 
 # -- audio -------------------------------------------------------------------------

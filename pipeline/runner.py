@@ -102,8 +102,9 @@ def distributed_client(scheduler: str, workers: int | None) -> Iterator[Any]:
                           "distributed.worker.daemon": False}):
         if scheduler == "processes":
             n = workers or max(1, min(os.cpu_count() or 1, 4))
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+            # No dashboard, and the scheduler's HTTP server on a free port: no "Port 8787 is already in use".
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=40, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
             client = Client(cluster)
             threads = max(1, (os.cpu_count() or 1) // n)
         else:

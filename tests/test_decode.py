@@ -26,6 +26,73 @@ def _pyav_frames(path: Path) -> tuple[int, np.ndarray]:
     return len(times), np.sort(np.asarray(times))
 
 
+def _pyav_rgb(path: Path) -> np.ndarray:
+    """Every frame FFmpeg presents, as PyAV converts it to RGB."""
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+
+
+def _frames_read(path: Path, n: int) -> np.ndarray:
+    return np.concatenate([chunk for _, chunk in iter_frames(path, n, chunk=16)])
+
+
+def _write_with_discarded_lead(path: Path, n: int, lead: int, fps: int, codec: str) -> Path:
+    """An MP4 whose first `lead` packets have negative timestamps (encoder priming).
+
+    The MP4 muxer turns them into an edit list; FFmpeg's demuxer flags those packets
+    discard and the decoder drops their pictures, so `n - lead` frames are presented,
+    source frames lead..n-1, at 0, 1/fps, ...
+    """
+    from fractions import Fraction
+
+    tick = 1000
+    tb = Fraction(1, fps * tick)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt, vs.bit_rate = 96, 64, "yuv420p", 2_000_000
+        vs.time_base = vs.codec_context.time_base = tb
+
+        def mux(packets) -> None:
+            for pkt in packets:
+                pkt.pts -= lead * tick
+                pkt.dts -= lead * tick
+                out.mux(pkt)
+
+        for i, img in enumerate(moving_frames(n)):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i * tick, tb
+            mux(vs.encode(frame))
+        mux(vs.encode())
+    return path
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_leading_negative_pts_packets_are_not_frames(tmp_path, codec):
+    # decord read this file as 98 frames (the last three repeating frame 94) stamped with
+    # the first 98 packet times, i.e. every frame 125 ms early.
+    path = _write_with_discarded_lead(tmp_path / f"primed-{codec}.mp4", n=98, lead=3, fps=24, codec=codec)
+    with av.open(str(path)) as c:
+        stamps = sorted(pkt.pts for pkt in c.demux(c.streams.video[0]) if pkt.size)
+    assert stamps[:4] == [-3000, -2000, -1000, 0]
+    p = probe_video(path)
+    n_ref, t_ref = _pyav_frames(path)
+    assert (p.n_decoded, n_ref, p.n_container) == (95, 95, 98)
+    np.testing.assert_array_equal(p.time, t_ref)
+    np.testing.assert_allclose(p.time, np.arange(95) / 24, atol=1e-12)
+    frames = _frames_read(path, p.n_decoded)
+    np.testing.assert_array_equal(frames, _pyav_rgb(path))
+    assert [frame_index(f) for f in frames] == list(range(3, 98))
+
+
+def test_frames_and_times_equal_pyav_frame_by_frame_on_all_shared_clips(shared_media):
+    # decord's rows 0-62 of every GRID clip were FFmpeg's frames 12-74 (then frame 74 twelve times).
+    for clip in _clips(shared_media):
+        p = probe_video(clip, isolate=False)
+        reference = _pyav_rgb(clip)
+        assert p.n_decoded == len(reference), clip.name
+        np.testing.assert_array_equal(_frames_read(clip, p.n_decoded), reference, err_msg=clip.name)
+
+
 def test_probe_counts_match_an_independent_decoder_on_all_shared_clips(shared_media):
     clips = _clips(shared_media)
     assert len(clips) == 13
@@ -36,7 +103,7 @@ def test_probe_counts_match_an_independent_decoder_on_all_shared_clips(shared_me
         assert p.n_decoded <= p.n_container
         assert p.time.dtype == np.float64 and p.time.shape == (p.n_decoded,)
         assert np.all(np.diff(p.time) > 0), f"{clip.name}: timestamps not increasing"
-        np.testing.assert_allclose(p.time, t_ref, atol=1e-3, err_msg=clip.name)
+        np.testing.assert_allclose(p.time, t_ref, rtol=0, atol=1e-12, err_msg=clip.name)
         assert p.has_audio and p.audio_sample_rate == 44100
         if clip.suffix == ".flv":
             assert (p.width, p.height) == (480, 360) and abs(p.fps - 29.97) < 0.01
@@ -118,6 +185,19 @@ def test_iter_frames_returns_every_frame_in_order_in_bounded_chunks(tmp_path):
     with pytest.raises(StageError) as err:
         list(iter_frames(path, 75, chunk=64))
     assert err.value.kind == "corrupt-media" and "only 70 frames decode" in str(err.value)
+
+
+def test_avi_with_b_frames_gets_an_increasing_grid(tmp_path):
+    # AVI stores no presentation times: PyAV hands B-frame pictures packet stamps in decode
+    # order (1, 4, 3, 5, 2, ...); the probe's grid is those stamps sorted.
+    path = write_video(tmp_path / "b.avi", moving_frames(30), 25, codec="libx264")
+    with av.open(str(path)) as c:
+        raw = [f.pts for f in c.decode(c.streams.video[0])]
+    assert raw != sorted(raw)
+    p = probe_video(path, isolate=False)
+    assert p.n_decoded == 30
+    np.testing.assert_allclose(np.diff(p.time), 0.04, atol=1e-9)
+    assert [frame_index(f) for f in _frames_read(path, 30)] == list(range(30))
 
 
 def test_variable_frame_rate_times_come_from_timestamps(tmp_path):

@@ -14,7 +14,7 @@ from pipeline.manifest import Trial
 from pipeline.resources import LOAD_COUNTS
 from pipeline.media_fixtures import beep_track, moving_frames, tone, write_video
 from pipeline.stage import ShardData, StageError
-from pipeline.stages.audio import AudioStage, log_mel_rows, mfcc_rows
+from pipeline.stages.audio import PATCH_PAD_ROWS, AudioStage, log_mel_rows, mfcc_rows
 from pipeline.stages.probe import ProbeStage
 
 
@@ -91,15 +91,42 @@ def test_logmel_patches_are_centred_and_cover_the_window(tmp_path):
     path = write_video(tmp_path / "tone.mkv", moving_frames(50), 25, audio=audio, audio_codec="pcm_s16le")
     out = _audio(path, model="logmel")
     assert out.features.shape == (50, 6144) and out.features.dtype == np.float16
-    t = np.arange(50) / 25
-    # a centred 0.96 s patch (0.975 s of samples) fits inside [0, 2 s) only for these frames
-    fits = (t - 0.4875 >= -0.005) & (t + 0.4875 <= 2.0 + 0.005)
-    assert out.valid[fits[:]].sum() >= fits.sum() - 2 and not out.valid[~fits].any()
-    patch = out.features[np.flatnonzero(out.valid)[0]].astype(np.float32).reshape(96, 64)
+    # Every frame lies inside the 2 s of audio, so every frame has a patch, edges included:
+    # beyond the track the patch sees silence (zero samples).
+    assert out.valid.all()
+    patch = out.features[0].astype(np.float32).reshape(96, 64)
+    # Frame 0 is centred on sample 0: rows 0-46 of its patch (window 160k - 7840 .. + 400) lie wholly
+    # before the track, row 49 starts on sample 0.
+    np.testing.assert_allclose(patch[:47], np.log(vg.LOG_OFFSET), rtol=1e-3)
+    assert (patch[49:].max(1) > np.log(vg.LOG_OFFSET) + 1).all()
     # 1 kHz sits in the mel band whose centre is nearest to it
     edges = np.linspace(1127 * np.log1p(125 / 700), 1127 * np.log1p(7500 / 700), 66)
     centres_hz = 700 * np.expm1(edges[1:-1] / 1127)
-    assert np.argmax(patch.mean(0)) == np.argmin(np.abs(centres_hz - 1000.0))
+    assert np.argmax(patch[49:].mean(0)) == np.argmin(np.abs(centres_hz - 1000.0))
+    middle = out.features[25].astype(np.float32).reshape(96, 64)
+    assert np.argmax(middle.mean(0)) == np.argmin(np.abs(centres_hz - 1000.0))
+
+
+def test_first_and_last_frame_of_every_shared_clip_have_audio(shared_media):
+    # Version 1 required the whole window inside the samples: frame 0 was invalid in every clip.
+    clips = sorted(shared_media.glob("cremad/*.flv")) + sorted(shared_media.glob("grid/*.mpg"))
+    assert len(clips) == 13
+    for clip in clips:
+        up = _probe(clip)
+        for model in ("mfcc", "logmel"):
+            out = _audio(clip, up, model=model)
+            assert out.valid[0] and out.valid[-1], (clip.name, model)
+            assert out.features[0].any() and out.features[-1].any(), (clip.name, model)
+
+
+def test_a_frame_in_the_last_half_hop_of_the_track_has_audio(tmp_path):
+    # 16100 samples: the last frame (1.006 s, sample 16096) rounds to 10 ms row 101, one past the table.
+    path = write_video(tmp_path / "end.mkv", moving_frames(3), 25, audio=tone(16100 / 16000),
+                       audio_codec="pcm_s16le", times=[0.0, 0.5, 1.006])
+    for model in ("mfcc", "logmel"):
+        out = _audio(path, model=model)
+        assert out.valid.tolist() == [True, True, True], model
+        assert out.features.any(axis=1).all(), model
 
 
 def test_blockwise_features_equal_whole_track():
@@ -123,9 +150,12 @@ def test_missing_short_and_silent_audio_give_invalid_rows_not_errors(tmp_path):
         for model in ("mfcc", "logmel"):
             out = _audio(path, up, model=model)
             assert out.features.shape == (25, 39 if model == "mfcc" else 6144), (path.name, model)
-            assert not out.valid.any() and not out.features.any(), (path.name, model)
+            # 10 ms of tone: only frame 0 (t = 0) has audio, its window padded past the track's end
+            has = [0] if path == short else []
+            assert np.flatnonzero(out.valid).tolist() == has, (path.name, model)
+            assert not out.features[~out.valid].any() and out.features[out.valid].any() == bool(has)
             assert out.attrs["has_audio"] is (path not in (mute, empty))
-            assert out.attrs["n_valid"] == 0
+            assert out.attrs["n_valid"] == len(has)
 
 
 class _TorchVGGishLayout(torch.nn.Module):
@@ -169,9 +199,11 @@ def test_vggish_loads_a_torchvggish_checkpoint(tmp_path, monkeypatch):
     assert AudioStage(AudioStage.Settings(model="vggish")).dim() == 128
 
     # Each valid row is the reference network on that frame's centred 96x64 log-mel patch.
-    table = log_mel_rows(read_audio(path).samples)
+    assert out.valid[0] and out.valid[-1]
+    table = log_mel_rows(read_audio(path).samples, pad_rows=PATCH_PAD_ROWS)  # zeros beyond the track
     rows = np.flatnonzero(out.valid)[[0, -1]]
     starts = np.rint(((up["probe"].time[rows] - out.attrs["audio_start"]) * 16000 - 7800) / 160).astype(int)
+    starts += PATCH_PAD_ROWS
     with torch.inference_mode():
         ref = reference(torch.from_numpy(np.stack([table[s:s + 96] for s in starts]))[:, None]).numpy()
     assert ref.any()

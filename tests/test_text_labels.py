@@ -3,12 +3,15 @@ stage (Aff-Wild2-format files written here, on the same clip's decoded frame gri
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.annotations import AnnotationError, read_au, read_expr, read_va
+from pipeline.decode import probe_video
 from pipeline.manifest import Trial, read_manifest
 from pipeline.resources import LOAD_COUNTS
 from pipeline.shards import read_shard, write_shard
@@ -31,14 +34,10 @@ def clip(shared_media) -> Path:
 
 @pytest.fixture(scope="module")
 def probe(clip) -> ShardData:
-    """The upstream probe shard: one row per decoded frame, times from decord's timestamps."""
-    import decord
-
-    vr = decord.VideoReader(str(clip))
-    ts = vr.get_frame_timestamp(range(len(vr)))
-    n = ts.shape[0]
-    return ShardData(stage="probe", key="test", path=clip, frame=np.arange(n), time=ts[:, 0].astype(np.float64),
-                     features=None, valid=None, extras={}, attrs={"fps": vr.get_avg_fps()})
+    """The upstream probe shard: one row per decoded frame, times from the probe's decoder timestamps."""
+    p = probe_video(clip)
+    return ShardData(stage="probe", key="test", path=clip, frame=np.arange(p.n_decoded), time=p.time,
+                     features=None, valid=None, extras={}, attrs={"fps": p.fps})
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +153,27 @@ def test_trial_without_transcript_is_all_invalid(tmp_path, clip, probe, text_sta
     assert not out.valid.any() and out.extras["segment_embeddings"].shape == (0, 384)
     features, valid = expand_text(roundtrip(tmp_path, out, probe, "empty"))
     assert features.shape == (75, 384) and not features.any() and not valid.any()
+
+
+def test_trial_without_transcript_never_loads_the_model(clip):
+    # A fresh process: this module's other tests load the model into this one.
+    code = (
+        "import numpy as np\n"
+        "from pipeline.manifest import Trial\n"
+        "from pipeline.resources import LOAD_COUNTS\n"
+        "from pipeline.stage import ShardData\n"
+        "from pipeline.stages.text import TextStage\n"
+        "probe = ShardData(stage='probe', key='k', path=None, frame=np.arange(5), time=np.arange(5) * 0.04,\n"
+        "                  features=None, valid=None, extras={}, attrs={})\n"
+        f"out = TextStage().run(Trial(trial='t', video={str(clip)!r}, split='test'), {{'probe': probe}})\n"
+        "print(out.extras['segment_embeddings'].shape, out.attrs['dim'],\n"
+        "      sorted(k[0] for k in LOAD_COUNTS if k[0] == 'sentence-transformers'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "(0, 384) 384 []"
+    assert "Loading weights" not in proc.stderr
 
 
 def test_bad_or_missing_transcript_is_a_trial_error(tmp_path, clip, probe, text_stage):
@@ -310,6 +330,13 @@ def test_bad_annotation_is_a_trial_error_with_location(tmp_path, clip, probe):
     with pytest.raises(StageError) as info:
         run_labels(probe, clip, tmp_path / "missing.txt")
     assert info.value.kind == "missing-file"
+
+
+def test_split_is_not_in_the_labels_key(clip):
+    # The output never reads the split: moving a trial between folds must reuse its shard.
+    stage = LabelsStage()
+    assert stage.trial_params(trial(clip, split="train")) == stage.trial_params(trial(clip, split="val"))
+    assert stage.trial_params(trial(clip, name="a")) != stage.trial_params(trial(clip, name="b"))
 
 
 def test_test_split_without_annotation_is_all_invalid(clip, probe):

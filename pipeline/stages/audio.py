@@ -20,12 +20,20 @@ Models (``settings.model``):
 - ``vggish`` (128-d): the VGGish network on that same centred patch, i.e. a
   0.96 s window with hop = the frame period, as LFAN used.
 
-valid[i] = 1 only when frame i's whole window lies inside the decoded samples
-and is not digital silence (peak below `SILENCE_PEAK`: encoder padding, an empty
-track). Invalid rows are zeros. A video without an audio track is legitimate
-(a silent video): every row is invalid and ``has_audio = False``; not an error.
-With centred 0.96 s windows the first and last ~0.48 s of a video are invalid
-for logmel/vggish (a real cost on 2 s clips, negligible on Aff-Wild2 trials).
+Edges (audio stage version 2): windows are padded at the track's edges as the
+reference front ends do, so a frame is invalid only when it has no audio. MFCC
+rows use torchaudio's ``center=True`` with reflect padding (librosa's default, as
+LFAN's MFCCs); logmel/vggish patches see silence (zero samples, VGGish's log-mel of
+digital silence) beyond either end. Reflection over 0.48 s would invent speech;
+over MFCC's 25 ms it is the usual choice. Version 1 required the whole window
+inside the samples, so frame 0 never had audio (and the first and last ~0.48 s
+for logmel/vggish).
+
+valid[i] = 1 only when frame i's time falls inside the decoded samples (its centre
+sample exists) and the part of its window inside the samples is not digital
+silence (peak below `SILENCE_PEAK`: encoder padding, an empty track). Invalid rows
+are zeros. A video without an audio track is legitimate (a silent video): every
+row is invalid and ``has_audio = False``; not an error.
 
 Long audio is processed in blocks of `BLOCK_ROWS` 10 ms rows (block edges carry
 enough context that blockwise and whole-track results agree to float rounding,
@@ -53,8 +61,11 @@ N_MFCC = 13
 N_MELS_MFCC = 40
 MFCC_FFT = 512
 DELTA_WIN = 5
-#: A window whose absolute sample peak stays below this is digital silence (-80 dBFS).
-SILENCE_PEAK = 1e-4
+#: A window whose absolute sample peak stays below one 16-bit step (-90 dBFS) is digital silence:
+#: no recording's noise floor is that low, a decoder's rendering of zeros is (MP3: ~1e-13).
+#: Version 1 used 1e-4 (-80 dBFS), which also rejected the quiet onset of real recordings
+#: (CREMA-D 1001_DFA_FEA_XX's first 40 ms peak at 8.5e-5).
+SILENCE_PEAK = 1.0 / 32768
 #: 10 ms rows computed at once (10 minutes): bounds the STFT's memory on long videos.
 BLOCK_ROWS = 60_000
 
@@ -66,11 +77,25 @@ def _loud_prefix(samples: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.abs(samples) >= SILENCE_PEAK, dtype=np.int64)])
 
 
-def _covered(a: np.ndarray, b: np.ndarray, n: int, loud: np.ndarray) -> np.ndarray:
-    """Windows [a, b) that lie inside [0, n) and hold some non-silent sample."""
-    ok = (a >= 0) & (b <= n)
+def _covered(centre: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, loud: np.ndarray) -> np.ndarray:
+    """Frames with audio: centre sample inside [0, n) and some non-silent sample in [a, b) ∩ [0, n).
+
+    The window may reach past either end of the track; the features see padding there.
+    """
+    ok = (centre >= 0) & (centre < n)
+    a, b = np.clip(a, 0, n), np.clip(b, 0, n)
     out = np.zeros(a.shape, dtype=bool)
     out[ok] = loud[b[ok]] > loud[a[ok]]
+    return out
+
+
+def _zero_padded(samples: np.ndarray, a: int, b: int, pad: int) -> np.ndarray:
+    """Samples [a, b) of `samples` with `pad` zeros before and after it (no copy of the whole track)."""
+    n = len(samples)
+    lo, hi = max(a - pad, 0), min(b - pad, n)
+    out = np.zeros(b - a, dtype=np.float32)
+    if hi > lo:
+        out[lo + pad - a:hi + pad - a] = samples[lo:hi]
     return out
 
 
@@ -95,6 +120,10 @@ def mfcc_rows(samples: np.ndarray, sr: int, block_rows: int = BLOCK_ROWS) -> np.
     hop = int(round(HOP_S * sr))
     n = len(samples)
     total = 1 + n // hop
+    reflect = max(MFCC_FFT, int(round(WINDOW_S * sr))) // 2 + 1
+    if n < reflect:  # reflect padding needs more samples than half the FFT: complete a tiny track with silence
+        samples = _zero_padded(samples, 0, reflect, 0)
+        n = reflect
     # Context rows at block edges: 2 for each delta order, plus the STFT's half-window
     # (rows near a slice edge see its reflect padding, not the real neighbours).
     margin = 2 * (DELTA_WIN // 2) + int(np.ceil(max(MFCC_FFT, WINDOW_S * sr) / 2 / hop)) + 1
@@ -113,22 +142,32 @@ def mfcc_rows(samples: np.ndarray, sr: int, block_rows: int = BLOCK_ROWS) -> np.
     return out
 
 
-def log_mel_rows(samples: np.ndarray, block_rows: int = BLOCK_ROWS) -> np.ndarray:
-    """VGGish log-mel rows of the whole track, computed in blocks: [R, 64]."""
-    n = len(samples)
+#: Samples in one log-mel patch (96 rows of 10 ms, 25 ms windows): 15600 = 0.975 s.
+PATCH_SPAN = (vg.PATCH_FRAMES - 1) * vg.HOP + vg.WINDOW
+#: Log-mel rows of silence before and after the track: half a patch plus rounding margin, so the
+#: patch centred on any sample of the track fits in the padded table.
+PATCH_PAD_ROWS = vg.PATCH_FRAMES // 2 + 4
+
+
+def log_mel_rows(samples: np.ndarray, block_rows: int = BLOCK_ROWS, pad_rows: int = 0) -> np.ndarray:
+    """VGGish log-mel rows of the track with `pad_rows` rows of zero samples before and after it: [R, 64].
+
+    Row j covers padded samples [j*160, j*160 + 400); computed in blocks (bounded memory).
+    """
+    pad = pad_rows * vg.HOP
+    n = len(samples) + 2 * pad
     total = 0 if n < vg.WINDOW else 1 + (n - vg.WINDOW) // vg.HOP
     out = np.empty((total, vg.N_MELS), dtype=np.float32)
     for r0 in range(0, total, block_rows):
         r1 = min(total, r0 + block_rows)
-        out[r0:r1] = vg.log_mel(samples[r0 * vg.HOP:(r1 - 1) * vg.HOP + vg.WINDOW])
+        out[r0:r1] = vg.log_mel(_zero_padded(samples, r0 * vg.HOP, (r1 - 1) * vg.HOP + vg.WINDOW, pad))
     return out
 
 
 def patch_starts(track: AudioTrack, times: np.ndarray) -> np.ndarray:
-    """First log-mel row of the 96-row patch centred on each frame time."""
-    span = (vg.PATCH_FRAMES - 1) * vg.HOP + vg.WINDOW  # 15600 samples = 0.975 s
+    """First log-mel row (of the unpadded track; negative before its start) of the patch centred on each time."""
     centre = (np.asarray(times, dtype=np.float64) - track.start) * track.sample_rate
-    return np.rint((centre - span / 2) / vg.HOP).astype(np.int64)
+    return np.rint((centre - PATCH_SPAN / 2) / vg.HOP).astype(np.int64)
 
 
 # -- the stage ----------------------------------------------------------------------
@@ -138,7 +177,7 @@ class AudioStage(Stage):
     """Per-frame audio features aligned by timestamps (see module docstring)."""
 
     name = "audio"
-    version = 1
+    version = 2
     inputs = ("probe",)
     gpu_capable = False  # set per instance: only the VGGish network benefits from a GPU
 
@@ -225,22 +264,24 @@ class AudioStage(Stage):
         win, hop = int(round(WINDOW_S * sr)), int(round(HOP_S * sr))
         rows = np.rint((times - track.start) / HOP_S).astype(np.int64)
         a = rows * hop - win // 2
-        valid[:] = _covered(a, a + win, len(track.samples), loud)
+        valid[:] = _covered(track.index_at(times), a, a + win, len(track.samples), loud)
         if valid.any():
             table = mfcc_rows(track.samples, sr)
-            valid &= rows < len(table)
-            features[valid] = table[rows[valid]]
+            # A centre in the track's last half hop rounds to one row past the table: its last row
+            # (centred under 10 ms away) is the nearest there is.
+            features[valid] = table[np.minimum(rows[valid], len(table) - 1)]
 
     def _patches(self, track: AudioTrack, times: np.ndarray, loud: np.ndarray,
                  features: np.ndarray, valid: np.ndarray, model: Any) -> None:
-        span = (vg.PATCH_FRAMES - 1) * vg.HOP + vg.WINDOW
         starts = patch_starts(track, times)
         a = starts * vg.HOP
-        valid[:] = _covered(a, a + span, len(track.samples), loud)
+        valid[:] = _covered(track.index_at(times), a, a + PATCH_SPAN, len(track.samples), loud)
         idx = np.flatnonzero(valid)
         if idx.size == 0:
             return
-        table = log_mel_rows(track.samples)
+        table = log_mel_rows(track.samples, pad_rows=PATCH_PAD_ROWS)
+        starts = starts + PATCH_PAD_ROWS  # rows of the padded table
+        assert starts[idx].min() >= 0 and starts[idx].max() + vg.PATCH_FRAMES <= len(table)
         offsets = np.arange(vg.PATCH_FRAMES)
         if model is None:  # logmel: store the patches themselves
             for b0 in range(0, idx.size, 4096):

@@ -18,6 +18,9 @@ difference larger than the user will accept into a `frame-mismatch` failure inst
 A trial without an annotation (test split, or a corpus without VA labels) gets an all-invalid
 output, not an error: its frames still need predictions.
 
+The key holds the trial name, not its split (version 2): the output never reads the split, so
+moving a trial between folds reuses its label shard (version 1 wrote one shard per fold).
+
 Optional tracks: manifest extra columns ``expr`` and ``au`` name EXPR / AU files of the same
 layout (relative paths resolve against the manifest's folder); they are stored as extras
 ``expr`` (int8 [n], -1 = unlabelled) and ``au`` (int8 [n, m], -1 = unlabelled) under the same
@@ -72,7 +75,7 @@ class LabelsStage(Stage):
     """Valence/arousal targets per decoded frame under the declared "truncate" policy."""
 
     name = "labels"
-    version = 1
+    version = 2
     inputs = ("probe",)
 
     @dataclass
@@ -94,9 +97,6 @@ class LabelsStage(Stage):
     def input_files(self, trial: Trial) -> list[Path]:
         files = [trial.annotation] if trial.annotation else []
         return files + [p for p in (_extra_path(trial, "expr"), _extra_path(trial, "au")) if p]
-
-    def trial_params(self, trial: Trial) -> dict[str, Any]:
-        return {"trial": trial.trial, "split": trial.split}
 
     def _check_count(self, path: Path, k: int, n: int) -> None:
         limit = self.settings.max_mismatch

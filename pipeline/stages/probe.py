@@ -1,9 +1,15 @@
 """The `probe` stage: the frame grid every other stage shares (decodable frames and their times).
 
 Every frame-keyed array in the cache has one row per frame this stage counts, and
-the `time` it stores (decoder timestamps, seconds from the video stream's start)
-is the axis audio and text are aligned to. See `pipeline.decode.probe_video` for
-why frames are counted by decoding rather than read from the container.
+the `time` it stores (each decoded picture's own pts, seconds from the video stream's
+start) is the axis audio and text are aligned to. Faces and visual read pixels with
+the same decode loop (`pipeline.decode.iter_frames`), so row i is the same picture in
+every stage. See `pipeline.decode` for why frames are counted by decoding with PyAV
+(FFmpeg) rather than read from the container or from decord.
+
+Version 2: PyAV replaces decord (decord's grid had phantom frames after discarded
+priming packets and was shifted 12 frames on MPEG-1); every downstream key changes
+with this stage's key.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ class ProbeStage(Stage):
     """Decode-verified frame count, timestamps and stream facts of the trial's video."""
 
     name = "probe"
-    version = 1
+    version = 2
     inputs = ()
 
     @dataclass

@@ -12,7 +12,10 @@ segment deterministically instead of by float rounding. Where segments overlap, 
 starts latest wins (ties: later in the file). A frame in no segment has valid = 0.
 
 A trial without a transcript is legitimate (Aff-Wild2 ships none): it gets an all-invalid
-output with the model's width, not an error.
+output with the model's width, not an error. The model is loaded only when a trial has text
+to embed: the width of an empty output is read from the model folder's module configs
+(`declared_dim`), so an extract of transcript-less trials never loads the transformer.
+Loading silences transformers' "Loading weights" progress bars (one per worker otherwise).
 
 Identical texts are embedded once and shared, so the same word always maps to the very same
 vector (batched encoding with different padding would otherwise differ in the last bits).
@@ -20,6 +23,7 @@ vector (batched encoding with different padding would otherwise differ in the la
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +64,9 @@ def _load_model(name: str, device: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a worker
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-worker "Loading weights" bars say nothing useful
     target = resolve_model_path(name)
     try:
         return SentenceTransformer(target, device=device)
@@ -83,6 +89,38 @@ def model_weight_files(name: str) -> list[Path]:
     """The local weights file of a sentence-transformers model (none for a hub name not on disk)."""
     target = Path(resolve_model_path(name))
     return [target / f for f in _WEIGHT_FILES if (target / f).is_file()][:1]
+
+
+def declared_dim(name: str) -> int | None:
+    """Embedding width a local sentence-transformers folder declares, without loading its weights.
+
+    The last module that sets the width decides: a Dense layer's ``out_features``, else the
+    Pooling layer (sentence-transformers' own Pooling class computes its width from its config,
+    e.g. 384 for all-MiniLM-L6-v2). None where the folder does not say (a hub name, a custom
+    module): the caller then loads the model.
+    """
+    folder = Path(resolve_model_path(name))
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return None
+    try:
+        for module in reversed(json.loads(modules.read_text())):
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            config = folder / module.get("path", "") / "config.json"
+            if kind == "Dense" and config.is_file():
+                return int(json.loads(config.read_text())["out_features"])
+            if kind == "Pooling":
+                try:
+                    from sentence_transformers.sentence_transformer.modules import Pooling
+                except ImportError:  # sentence-transformers < 6
+                    from sentence_transformers.models import Pooling
+
+                return model_dim(Pooling.load(str(folder), subfolder=module.get("path", "")))
+            if kind not in ("Normalize", "Dropout"):
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
 
 
 def weights_identity(name: str) -> str:
@@ -150,7 +188,10 @@ class TextStage(Stage):
                          lambda: _load_model(name, device))
 
     def dim(self) -> int:
-        return model_dim(self.model())
+        """The embedding width; loads the model only where its folder does not declare it."""
+        declared = get_model(("sentence-transformers-dim", resolve_model_path(self.settings.model)),
+                             lambda: declared_dim(self.settings.model))
+        return declared if declared is not None else model_dim(self.model())
 
     # -- compute -------------------------------------------------------------------
     def _units(self, trial: Trial) -> list[Segment]:
@@ -176,13 +217,12 @@ class TextStage(Stage):
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
         probe = upstream["probe"]
         units = self._units(trial) if trial.transcript else []
-        model = self.model()
-        dim = model_dim(model)
-
         texts = [u.text for u in units]
         unique = sorted(set(texts))
+        model = self.model() if unique else None  # lazily: transcript-less trials need only the width
+        dim = model_dim(model) if model is not None else self.dim()
         emb = np.zeros((len(units), dim), dtype=np.float16)
-        if unique:
+        if model is not None:
             vecs = model.encode(unique, batch_size=int(self.settings.batch_size), convert_to_numpy=True,
                                 show_progress_bar=False)
             row = {t: i for i, t in enumerate(unique)}
