@@ -7,8 +7,14 @@ Encoders (every head):
 - ``tcn``: {modality: [widths...]} per-modality TCN widths (one level per entry);
   the key ``"default"`` applies to modalities not named. Built-in defaults:
   visual and text [256, 256, 128, 128], audio and any other name [64, 64, 32, 32]
-  (the later-work widths in docs/fusion-models.md; LFAN used visual [128]*4, audio [32]*4).
+  (widths the field's later work used for video/text and audio; LFAN, Zhang et al.
+  ABAW2 2021, used visual [128]*4 and audio [32]*4).
 - ``kernel``: TCN kernel size (5); ``dropout``: TCN dropout (0.1).
+- ``tcn_batchnorm`` (null | true | false): BatchNorm1d over each TCN's output
+  channels, as RJCMA's released model and ABAW3's LFAN apply before fusion.
+  null = on for the released-code forms (``lfan`` and ``variant: dense``), off
+  for the equation forms (``variant: paper``, concat, avtca); the resolved value
+  is stored in the model's spec.
 
 Heads (each reads only its own; see each module's docstring):
 - ``hidden`` (64): regressor width (concat, jca, rjca, rjcma, grjca, hgrjca);
@@ -40,7 +46,7 @@ from .tcn import TemporalConvNet
 WIDE = [256, 256, 128, 128]
 NARROW = [64, 64, 32, 32]
 DEFAULT_TCN: dict[str, list[int]] = {"visual": WIDE, "text": WIDE, "audio": NARROW}
-ENCODER_OPTIONS: dict[str, Any] = {"tcn": {}, "kernel": 5, "dropout": 0.1}
+ENCODER_OPTIONS: dict[str, Any] = {"tcn": {}, "kernel": 5, "dropout": 0.1, "tcn_batchnorm": None}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -87,12 +93,18 @@ class FusionModel(nn.Module):
             raise ValueError(f"model config: kernel must be a positive integer, got {kernel!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"model config: dropout must be a number in [0, 1], got {dropout!r}")
-        self.encoders = nn.ModuleDict({
-            m: TemporalConvNet(dims[m], widths[m], kernel_size=kernel, dropout=float(dropout)) for m in self.modalities
-        })
         head_cfg = {key: cfg.get(key, default) for key, default in head_cls.options.items()}
+        norm = cfg["tcn_batchnorm"]
+        if norm is None:  # the released-code forms have it, the equation forms do not
+            norm = fusion == "lfan" or head_cfg.get("variant") == "dense"
+        if not isinstance(norm, bool):
+            raise ValueError(f"model config: tcn_batchnorm must be true, false or null, got {norm!r}")
+        self.encoders = nn.ModuleDict({
+            m: TemporalConvNet(dims[m], widths[m], kernel_size=kernel, dropout=float(dropout), batch_norm=norm)
+            for m in self.modalities
+        })
         self.head: FusionHead = head_cls({m: widths[m][-1] for m in self.modalities}, window, head_cfg)
-        resolved = {"tcn": widths, "kernel": kernel, "dropout": dropout, **head_cfg}
+        resolved = {"tcn": widths, "kernel": kernel, "dropout": dropout, "tcn_batchnorm": norm, **head_cfg}
         self.spec: dict[str, Any] = {"fusion": fusion, "dims": dict(dims), "window": window, "cfg": resolved}
 
     @property
