@@ -12,8 +12,9 @@ Encoders (every head):
 - ``kernel``: TCN kernel size (5); ``dropout``: TCN dropout (0.1).
 - ``tcn_batchnorm`` (null | true | false): BatchNorm1d over each TCN's output
   channels, as RJCMA's released model and ABAW3's LFAN apply before fusion.
-  null = on for the released-code forms (``lfan`` and ``variant: dense``), off
-  for the equation forms (``variant: paper``, concat, avtca); the resolved value
+  null = on for those released-code forms (``variant: dense`` and ``lfan`` with
+  ``lfan_heads`` >= 2), off otherwise (``variant: paper``, concat, avtca, and
+  single-head ``lfan``, whose ABAW2 code has no such layer); the resolved value
   is stored in the model's spec.
 
 Heads (each reads only its own; see each module's docstring):
@@ -95,8 +96,10 @@ class FusionModel(nn.Module):
             raise ValueError(f"model config: dropout must be a number in [0, 1], got {dropout!r}")
         head_cfg = {key: cfg.get(key, default) for key, default in head_cls.options.items()}
         norm = cfg["tcn_batchnorm"]
-        if norm is None:  # the released-code forms have it, the equation forms do not
-            norm = fusion == "lfan" or head_cfg.get("variant") == "dense"
+        if norm is None:  # RJCMA's and ABAW3-LFAN's released models have it; the equations and ABAW2's LFAN do not
+            heads = head_cfg.get("lfan_heads")
+            multi_head = isinstance(heads, int) and not isinstance(heads, bool) and heads >= 2
+            norm = (fusion == "lfan" and multi_head) or head_cfg.get("variant") == "dense"
         if not isinstance(norm, bool):
             raise ValueError(f"model config: tcn_batchnorm must be true, false or null, got {norm!r}")
         self.encoders = nn.ModuleDict({

@@ -286,8 +286,9 @@ def test_avtca_cross_block_is_released_formula() -> None:
 
 def test_tcn_batchnorm_follows_the_released_forms() -> None:
     dims = {"visual": 4, "audio": 3, "text": 2}
-    on = {m: enc.norm is not None for m, enc in build_model("lfan", dims, WINDOW, TINY).encoders.items()}
-    assert on == {"visual": True, "audio": True, "text": True}
+    abaw3 = build_model("lfan", dims, WINDOW, {**TINY, "lfan_heads": 2})
+    assert {m: enc.norm is not None for m, enc in abaw3.encoders.items()} == {"visual": True, "audio": True, "text": True}
+    assert build_model("lfan", dims, WINDOW, TINY).spec["cfg"]["tcn_batchnorm"] is False  # ABAW2's LFAN has none
     assert build_model("rjcma", dims, WINDOW, {**TINY, "variant": "dense"}).spec["cfg"]["tcn_batchnorm"] is True
     for head, extra in (("rjcma", {}), ("concat", {}), ("avtca", {})):
         model = build_model(head, dims, WINDOW, {**TINY, **extra})

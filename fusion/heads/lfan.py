@@ -20,8 +20,8 @@ of width D = `lfan_dim` (32) and stacked into (N, M, D):
 
 Output per frame: Linear(cat(h_visual, flatten(F))) (the tanh is in
 `FusionModel`). Any window length works (attention is across modalities,
-not time). The released-code model also puts a BatchNorm1d on each TCN output
-(`tcn_batchnorm`, on by default for this head).
+not time). ABAW3's released model also puts a BatchNorm1d on each TCN output
+(`tcn_batchnorm`, on by default when `lfan_heads` >= 2; ABAW2's has none).
 
 Remaining differences from the released code (none changes the function
 class): ABAW3 computes Q, K, V with one fused Linear(d_m, 3D) whose columns
