@@ -147,6 +147,23 @@ class FusionModel(nn.Module):
         return self.head.classify(self.encode(x), mask)
 
 
+def load_weights(model: FusionModel, state: dict[str, Tensor], source: Any) -> None:
+    """Load a checkpoint into `model`; one that does not fit (another architecture, e.g. a run trained
+    before a head was corrected to its released code) is one clear line instead of torch's key dump."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+        first = (missing or unexpected or shaped or ["?"])[0]
+        raise ValueError(f"{source}: checkpoint does not fit the {model.fusion!r} model this affpipe builds "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shaped)} reshaped "
+                         f"parameters, e.g. {first!r}); it was trained with another architecture (an earlier "
+                         f"affpipe version or config): retrain it") from None
+
+
 def build_model(fusion: str, dims: dict[str, int], window: int, cfg: dict[str, Any] | None = None) -> FusionModel:
     """Validate the arguments (one clear line per mistake) and build the model."""
     if fusion not in HEADS:
@@ -176,4 +193,4 @@ def build_model(fusion: str, dims: dict[str, int], window: int, cfg: dict[str, A
     return FusionModel(fusion, dict(dims), window, merged)
 
 
-__all__ = ["build_model", "FusionModel", "list_heads", "DEFAULT_TCN"]
+__all__ = ["build_model", "load_weights", "FusionModel", "list_heads", "DEFAULT_TCN"]

@@ -302,6 +302,21 @@ def test_tcn_batchnorm_follows_the_released_forms() -> None:
         build_model("concat", dims, WINDOW, {**TINY, "tcn_batchnorm": "yes"})
 
 
+def test_a_checkpoint_of_another_architecture_is_one_clear_line() -> None:
+    """A run trained before a head changed (e.g. no BatchNorm after the TCNs) must not load half a model."""
+    from fusion.models import load_weights
+
+    dims = {"visual": 4, "audio": 3}
+    before = build_model("rjca", dims, WINDOW, {**TINY, "variant": "dense", "tcn_batchnorm": False})
+    now = build_model("rjca", dims, WINDOW, {**TINY, "variant": "dense"})
+    with pytest.raises(ValueError) as err:
+        load_weights(now, before.state_dict(), "runs/x/best.pt")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("runs/x/best.pt: checkpoint does not fit the 'rjca' model")
+    assert "10 missing" in msg and "encoders.audio.norm" in msg  # weight, bias and 3 running stats, per modality
+    load_weights(before, before.state_dict(), "same architecture")  # fits: no error
+
+
 # ---------------------------------------------------------------- gating invariants
 
 def force_last(fc: torch.nn.Linear) -> None:

@@ -31,6 +31,8 @@ Differences from the released code, for per-frame valence/arousal:
   order-blind; any window length works;
 - with more than two modalities each stream attends to the concatenation of
   all other streams' frames;
+- dropout `attn_dropout` (0.1) on the attention weights, after Proj and in the
+  MLP during training; the released defaults are 0 (no effect in eval);
 - the released visual/audio front ends (EfficientFace and 1-D conv stages,
   split around the cross-attention) are replaced by affpipe's TCNs;
 - an optional pooled classification head (`n_classes` > 0): `classify`
