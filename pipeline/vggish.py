@@ -15,7 +15,7 @@ last fully connected layer *before* any activation. That is what both seed
 pipelines that use VGGish feed their models: RJCMA's preprocessing comments the
 final ReLU out, and ABAW2/LFAN use the TF-slim model's linear ``embedding``
 tensor. ``"relu"`` is torchvggish's own ``forward`` (ReLU after the last layer),
-which zeroes every negative dimension (44% of them with random weights) and is
+which zeroes every negative value (44-49% of them with random weights) and is
 kept only to reproduce features made that way. AudioSet's PCA + 8-bit
 quantisation post-processing is never applied (off in both seeds, too).
 """

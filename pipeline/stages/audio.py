@@ -15,9 +15,10 @@ Models (``settings.model``):
 - ``logmel`` (96 x 64 = 6144-d, float16, RJCMA): VGGish's front end
   (`pipeline.vggish.log_mel`), one 0.96 s patch of 96 rows per frame. Choice:
   the patch is CENTRED on the frame time (rows j0 .. j0+95 with the span's
-  centre nearest t_i), so a frame sees the speech around it. The seeds' framing
-  instead STARTS the patch at the frame time (the frame sees only the 0.96 s
-  that follow it); centring shifts every feature 0.48 s earlier than theirs.
+  centre nearest t_i), so a frame sees the speech around it. The uncentred
+  framing (patch i starting at frame i's time, what VGGish run at hop 1/fps
+  from the track start gives, as in LFAN) lets a frame see only the 0.96 s that
+  follow it; centring shifts every feature 0.48 s earlier than that.
 - ``vggish`` (128-d): the VGGish network on that same centred patch, i.e. a
   0.96 s window with hop = the frame period, as LFAN used. ``embedding``
   selects the output: ``linear`` (default, version 2 on) is the last layer
