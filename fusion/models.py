@@ -7,8 +7,15 @@ Encoders (every head):
 - ``tcn``: {modality: [widths...]} per-modality TCN widths (one level per entry);
   the key ``"default"`` applies to modalities not named. Built-in defaults:
   visual and text [256, 256, 128, 128], audio and any other name [64, 64, 32, 32]
-  (the later-work widths in docs/fusion-models.md; LFAN used visual [128]*4, audio [32]*4).
+  (widths the field's later work used for video/text and audio; LFAN, Zhang et al.
+  ABAW2 2021, used visual [128]*4 and audio [32]*4).
 - ``kernel``: TCN kernel size (5); ``dropout``: TCN dropout (0.1).
+- ``tcn_batchnorm`` (null | true | false): BatchNorm1d over each TCN's output
+  channels, as RJCMA's released model and ABAW3's LFAN apply before fusion.
+  null = on for those released-code forms (``variant: dense`` and ``lfan`` with
+  ``lfan_heads`` >= 2), off otherwise (``variant: paper``, concat, avtca, and
+  single-head ``lfan``, whose ABAW2 code has no such layer); the resolved value
+  is stored in the model's spec.
 
 Heads (each reads only its own; see each module's docstring):
 - ``hidden`` (64): regressor width (concat, jca, rjca, rjcma, grjca, hgrjca);
@@ -40,7 +47,7 @@ from .tcn import TemporalConvNet
 WIDE = [256, 256, 128, 128]
 NARROW = [64, 64, 32, 32]
 DEFAULT_TCN: dict[str, list[int]] = {"visual": WIDE, "text": WIDE, "audio": NARROW}
-ENCODER_OPTIONS: dict[str, Any] = {"tcn": {}, "kernel": 5, "dropout": 0.1}
+ENCODER_OPTIONS: dict[str, Any] = {"tcn": {}, "kernel": 5, "dropout": 0.1, "tcn_batchnorm": None}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -87,12 +94,20 @@ class FusionModel(nn.Module):
             raise ValueError(f"model config: kernel must be a positive integer, got {kernel!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"model config: dropout must be a number in [0, 1], got {dropout!r}")
-        self.encoders = nn.ModuleDict({
-            m: TemporalConvNet(dims[m], widths[m], kernel_size=kernel, dropout=float(dropout)) for m in self.modalities
-        })
         head_cfg = {key: cfg.get(key, default) for key, default in head_cls.options.items()}
+        norm = cfg["tcn_batchnorm"]
+        if norm is None:  # RJCMA's and ABAW3-LFAN's released models have it; the equations and ABAW2's LFAN do not
+            heads = head_cfg.get("lfan_heads")
+            multi_head = isinstance(heads, int) and not isinstance(heads, bool) and heads >= 2
+            norm = (fusion == "lfan" and multi_head) or head_cfg.get("variant") == "dense"
+        if not isinstance(norm, bool):
+            raise ValueError(f"model config: tcn_batchnorm must be true, false or null, got {norm!r}")
+        self.encoders = nn.ModuleDict({
+            m: TemporalConvNet(dims[m], widths[m], kernel_size=kernel, dropout=float(dropout), batch_norm=norm)
+            for m in self.modalities
+        })
         self.head: FusionHead = head_cls({m: widths[m][-1] for m in self.modalities}, window, head_cfg)
-        resolved = {"tcn": widths, "kernel": kernel, "dropout": dropout, **head_cfg}
+        resolved = {"tcn": widths, "kernel": kernel, "dropout": dropout, "tcn_batchnorm": norm, **head_cfg}
         self.spec: dict[str, Any] = {"fusion": fusion, "dims": dict(dims), "window": window, "cfg": resolved}
 
     @property
@@ -132,6 +147,23 @@ class FusionModel(nn.Module):
         return self.head.classify(self.encode(x), mask)
 
 
+def load_weights(model: FusionModel, state: dict[str, Tensor], source: Any) -> None:
+    """Load a checkpoint into `model`; one that does not fit (another architecture, e.g. a run trained
+    before a head was corrected to its released code) is one clear line instead of torch's key dump."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+        first = (missing or unexpected or shaped or ["?"])[0]
+        raise ValueError(f"{source}: checkpoint does not fit the {model.fusion!r} model this affpipe builds "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shaped)} reshaped "
+                         f"parameters, e.g. {first!r}); it was trained with another architecture (an earlier "
+                         f"affpipe version or config): retrain it") from None
+
+
 def build_model(fusion: str, dims: dict[str, int], window: int, cfg: dict[str, Any] | None = None) -> FusionModel:
     """Validate the arguments (one clear line per mistake) and build the model."""
     if fusion not in HEADS:
@@ -161,4 +193,4 @@ def build_model(fusion: str, dims: dict[str, int], window: int, cfg: dict[str, A
     return FusionModel(fusion, dict(dims), window, merged)
 
 
-__all__ = ["build_model", "FusionModel", "list_heads", "DEFAULT_TCN"]
+__all__ = ["build_model", "load_weights", "FusionModel", "list_heads", "DEFAULT_TCN"]

@@ -135,11 +135,11 @@ class RunInfo:
         raise FusionError(f"{self.path}: no checkpoint (best.pt or last.pt); did the run train an epoch?")
 
     def build_model(self) -> torch.nn.Module:
-        from .models import build_model
+        from .models import build_model, load_weights
 
         model = build_model(self.fusion, self.input_dims, self.train.window, self.train.model or None)
         ckpt = load_checkpoint(self.checkpoint_path())
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], self.checkpoint_path())
         model.eval()
         return model
 

@@ -5,6 +5,11 @@ causal dilated Conv1d (dilation 2^i), each padded by (k-1)*2^i on both sides
 and then chomped on the right, so output t sees only inputs <= t. Causality
 matters because windows are stitched back together at inference: a frame's
 prediction must not depend on where the window happened to end.
+
+`batch_norm=True` appends a BatchNorm1d over the output channels, as RJCMA's
+model and ABAW3's LFAN do to each modality's TCN output before fusion: in
+training it normalises each channel over all B*L frames of the batch (padded
+frames included, as in that code), in eval it applies the running statistics.
 """
 from __future__ import annotations
 
@@ -50,7 +55,8 @@ class TemporalBlock(nn.Module):
 class TemporalConvNet(nn.Module):
     """Stack of `len(channels)` temporal blocks; input and output are [B, L, C] (batch, time, channels)."""
 
-    def __init__(self, in_dim: int, channels: list[int], kernel_size: int = 5, dropout: float = 0.1):
+    def __init__(self, in_dim: int, channels: list[int], kernel_size: int = 5, dropout: float = 0.1,
+                 batch_norm: bool = False):
         super().__init__()
         if not channels or any(int(c) < 1 for c in channels):
             raise ValueError(f"TCN channels must be a non-empty list of positive widths, got {channels!r}")
@@ -63,6 +69,7 @@ class TemporalConvNet(nn.Module):
         self.blocks = nn.Sequential(*(
             TemporalBlock(widths[i], widths[i + 1], kernel_size, 2 ** i, dropout) for i in range(len(self.channels))
         ))
+        self.norm = nn.BatchNorm1d(self.channels[-1]) if batch_norm else None
 
     @property
     def out_dim(self) -> int:
@@ -74,7 +81,10 @@ class TemporalConvNet(nn.Module):
         return 1 + 2 * (self.kernel_size - 1) * (2 ** len(self.channels) - 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.blocks(x.transpose(1, 2)).transpose(1, 2)
+        y = self.blocks(x.transpose(1, 2))  # [B, C, L]
+        if self.norm is not None:
+            y = self.norm(y)
+        return y.transpose(1, 2)
 
 
 __all__ = ["TemporalConvNet", "TemporalBlock", "Chomp1d"]

@@ -297,7 +297,7 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
          val_ds: WindowDataset, val_labels: dict[str, tuple[np.ndarray, np.ndarray]], dev: torch.device,
          resuming: bool, bar: "_TrainProgress") -> RunResult:
     from .ccc import ccc_loss
-    from .models import build_model
+    from .models import build_model, load_weights
     from .plots import plot_curves
 
     deterministic_before = torch.are_deterministic_algorithms_enabled()
@@ -331,7 +331,7 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
             leftover.unlink(missing_ok=True)
         if resuming and (out / "last.pt").is_file():
             ckpt = load_checkpoint(out / "last.pt")
-            model.load_state_dict(ckpt["model"])
+            load_weights(model, ckpt["model"], out / "last.pt")
             optimizer.load_state_dict(ckpt["optimizer"])
             plateau.load_state_dict(ckpt["plateau"])
             scaler.load_state_dict(ckpt["scaler"])

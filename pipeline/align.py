@@ -1,11 +1,21 @@
-"""Five-point face alignment to the ArcFace 112x112 template.
+"""Face crops for the embedding backbones: 5-point template alignment, and MTCNN box + margin crops.
 
-Every face backbone of the field (ArcFace IR-50, FaceNet, and the organisers'
-Aff-Wild2 crops) was trained on faces warped by a similarity transform onto this
-template, so embeddings of unaligned crops are measurably worse. The transform is
-estimated in closed form (Umeyama 1991, least squares over rotation, uniform
-scale and translation) with numpy, and the warp runs as one batched
-``grid_sample`` in torch, so no image library beyond what we already ship is needed.
+Each backbone wants the crop geometry it was trained on:
+
+- ArcFace-style IR-50 (and ONet here, and the organisers' Aff-Wild2
+  ``cropped_aligned`` images) use faces warped by a similarity transform onto
+  the ArcFace 112x112 five-point template (`align_faces`). The transform is
+  estimated in closed form (Umeyama 1991, least squares over rotation, uniform
+  scale and translation) with numpy, and the warp runs as one batched
+  ``grid_sample`` in torch.
+- FaceNet's InceptionResnetV1 (vggface2) was trained on MTCNN *box* crops with
+  a margin, resized to 160, with no landmark alignment (davidsandberg/facenet's
+  align_dataset_mtcnn; facenet-pytorch's ``MTCNN(image_size=160, margin=...)``
+  and its examples). `box_crops` produces exactly those crops with
+  facenet-pytorch's own ``extract_face``. Warping to the 112 template and
+  upsampling instead shrinks the face: on a CREMA-D frame the eyes land 52 px
+  apart instead of 70 (36 grey levels of mean pixel difference), a different
+  input distribution for the network.
 
 Coordinates follow the OpenCV convention used by the template and by MTCNN: the
 centre of pixel (col, row) is at (x=col, y=row).
@@ -148,3 +158,30 @@ def align_faces(frames: np.ndarray, landmarks: np.ndarray, size: int = 112) -> n
 def transform_points(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply [c,2,3] matrices to points [c,k,2] (used to check alignment)."""
     return np.einsum("cij,ckj->cki", matrices[:, :, :2], points) + matrices[:, None, :, 2]
+
+
+def box_crops(frames: np.ndarray, boxes: np.ndarray, size: int = 160, margin: int = 14) -> np.ndarray:
+    """facenet-pytorch's MTCNN crop of each frame's box: uint8 [c,H,W,3] + [c,4] -> uint8 [c,size,size,3].
+
+    The same pixels as ``MTCNN(image_size=size, margin=margin, post_process=False)``
+    returns for a PIL frame with that detection: ``extract_face`` widens the box by
+    `margin` pixels *of the output* (margin * box_side / (size - margin) in the
+    frame), clips it to the frame, crops and resizes with PIL's bilinear filter.
+    """
+    import torch
+    from facenet_pytorch.models.utils.detect_face import extract_face
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [c,H,W,3], got {frames.shape}")
+    if boxes.shape != (frames.shape[0], 4):
+        raise ValueError(f"boxes must be [{frames.shape[0]},4], got {boxes.shape}")
+    if not np.isfinite(boxes).all() or (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
+        raise ValueError("boxes must be finite with x2 > x1 and y2 > y1 (crop only frames whose face is valid)")
+    out = np.zeros((frames.shape[0], size, size, 3), dtype=np.uint8)
+    for i in range(frames.shape[0]):
+        face = extract_face(Image.fromarray(frames[i]), boxes[i], image_size=size, margin=margin)  # [3,S,S], 0..255
+        out[i] = face.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return out

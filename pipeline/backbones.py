@@ -46,6 +46,9 @@ class BackboneSpec:
     resize_mode: str  # torch interpolate mode from the aligned crop to input_size
     #: (weights path or None, random) -> (torch module in eval mode, weights identity)
     build: Callable[[str | None, bool], tuple[nn.Module, str]]
+    #: crop geometry the network was trained on: "template" (5-point warp, `pipeline.align.align_faces`)
+    #: or "box" (MTCNN box + margin at input_size, `pipeline.align.box_crops`)
+    crop: str
 
 
 @dataclass
@@ -56,7 +59,7 @@ class LoadedBackbone:
     device: str
 
     def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 aligned faces [m,S,S,3] (RGB) -> float32 embeddings [m, dim]."""
+        """uint8 face crops [m,S,S,3] (RGB, the spec's `crop` geometry) -> float32 embeddings [m, dim]."""
         out = np.zeros((faces.shape[0], self.spec.dim), dtype=np.float32)
         size = self.spec.input_size
         with torch.inference_mode():
@@ -212,10 +215,14 @@ def _build_onet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
     return ONetEmbedding(net), sha256_file(path)
 
 
+#: Inputs as each network's training code fed them: facenet-pytorch's fixed_image_standardization
+#: ((x - 127.5) / 128) on 160 px MTCNN box crops; face.evoLVe's Normalize(mean 0.5, std 0.5) on
+#: [0, 1] pixels, i.e. (x - 127.5) / 127.5, on 112 px template-aligned faces; ONet's own
+#: (x - 127.5) / 128 (its MTCNN preprocessing) on template-aligned faces area-resized to 48.
 BACKBONES: dict[str, BackboneSpec] = {
-    "onet": BackboneSpec("onet", 48, 127.5, 128.0, 256, "area", _build_onet),
-    "facenet": BackboneSpec("facenet", 160, 127.5, 128.0, 512, "bilinear", _build_facenet),
-    "ir50": BackboneSpec("ir50", 112, 127.5, 128.0, 512, "bilinear", _build_ir50),
+    "onet": BackboneSpec("onet", 48, 127.5, 128.0, 256, "area", _build_onet, "template"),
+    "facenet": BackboneSpec("facenet", 160, 127.5, 128.0, 512, "bilinear", _build_facenet, "box"),
+    "ir50": BackboneSpec("ir50", 112, 127.5, 127.5, 512, "bilinear", _build_ir50, "template"),
 }
 
 

@@ -3,9 +3,11 @@
 Written from the ArcFace paper (Deng et al., CVPR 2019, section 3.2 and its
 "IR" unit: BN-Conv-BN-PReLU-Conv-BN, stride on the second conv) with module
 names chosen so the state_dicts of the public face.evoLVe checkpoints
-(``backbone_ir50_ms1m_epoch*.pth``, also used by LFAN for Aff-Wild2) load
-strictly: ``input_layer.*``, ``body.<i>.shortcut_layer.*``,
-``body.<i>.res_layer.*``, ``output_layer.*``.
+(``backbone_ir50_ms1m_epoch*.pth``) load strictly: ``input_layer.*``,
+``body.<i>.shortcut_layer.*``, ``body.<i>.res_layer.*``, ``output_layer.*``.
+LFAN's released code builds this architecture too, but loads its own
+checkpoint (fine-tuned, with an output layer sized for its small crops); the
+ms1m file is not LFAN's weights.
 
 Stages of 3, 4, 14 and 3 units (64, 128, 256, 512 channels), each stage's first
 unit downsampling by 2, so a 112x112 face ends as 512x7x7 before the embedding
@@ -43,7 +45,9 @@ class IRUnit(nn.Module):
 
 
 class IR50(nn.Module):
-    """IR-50 embedding network for 112x112 RGB faces normalised as (x - 127.5) / 128.
+    """IR-50 embedding network for 112x112 RGB faces normalised as (x - 127.5) / 127.5.
+
+    That is face.evoLVe's input transform (ToTensor, then Normalize(mean 0.5, std 0.5)).
 
     `forward` returns the L2-normalised 512-d embedding, as the face.evoLVe
     feature extraction does (identity information lives in the direction).

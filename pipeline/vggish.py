@@ -9,6 +9,15 @@ because the checkpoint was trained on exactly these inputs.
 
 Checkpoint parameters are mapped to ours by name (`CHECKPOINT_NAMES`), so a
 file with other names or shapes fails loudly instead of loading half a model.
+
+Embedding (``VGGish(embedding=...)``): ``"linear"`` (default) is the output of the
+last fully connected layer *before* any activation. That is what both seed
+pipelines that use VGGish feed their models: RJCMA's preprocessing comments the
+final ReLU out, and ABAW2/LFAN use the TF-slim model's linear ``embedding``
+tensor. ``"relu"`` is torchvggish's own ``forward`` (ReLU after the last layer),
+which zeroes every negative value (44-49% of them with random weights) and is
+kept only to reproduce features made that way. AudioSet's PCA + 8-bit
+quantisation post-processing is never applied (off in both seeds, too).
 """
 from __future__ import annotations
 
@@ -31,6 +40,8 @@ F_MIN, F_MAX = 125.0, 7500.0
 LOG_OFFSET = 0.01
 PATCH_FRAMES = 96  # 0.96 s of 10 ms frames per example
 EMBEDDING_DIM = 128
+#: What the last layer's output goes through: nothing (the seeds' choice) or torchvggish's ReLU.
+EMBEDDINGS = ("linear", "relu")
 
 WEIGHTS_FILE = "vggish-10086976.pth"
 WEIGHTS_URL = f"https://github.com/harritaylor/torchvggish/releases/download/v0.1/{WEIGHTS_FILE}"
@@ -75,10 +86,16 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
 # -- network -----------------------------------------------------------------------
 
 class VGGish(nn.Module):
-    """VGG-style network: [B, 1, 96, 64] log-mel patches -> [B, 128] embeddings (post-ReLU)."""
+    """VGG-style network: [B, 1, 96, 64] log-mel patches -> [B, 128] embeddings.
 
-    def __init__(self) -> None:
+    `embedding` "linear": fc3's output as is (can be negative); "relu": after a ReLU.
+    """
+
+    def __init__(self, embedding: str = "linear") -> None:
         super().__init__()
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"VGGish embedding must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
+        self.embedding = embedding
 
         def conv(cin: int, cout: int) -> nn.Conv2d:
             return nn.Conv2d(cin, cout, kernel_size=3, padding=1)
@@ -104,7 +121,8 @@ class VGGish(nn.Module):
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
         x = relu(self.fc1(x))
         x = relu(self.fc2(x))
-        return relu(self.fc3(x))
+        x = self.fc3(x)
+        return relu(x) if self.embedding == "relu" else x
 
 
 #: torchvggish checkpoint name prefix -> our module name.
@@ -121,10 +139,11 @@ CHECKPOINT_NAMES = {
 }
 
 
-def from_checkpoint_state_dict(state: dict[str, torch.Tensor], source: str) -> VGGish:
+def from_checkpoint_state_dict(state: dict[str, torch.Tensor], source: str,
+                               embedding: str = "linear") -> VGGish:
     """Build a VGGish from a torchvggish-named state dict; every parameter must be there, with its shape."""
     with torch.device("meta"):  # shapes only: skip initialising 72M parameters we overwrite anyway
-        model = VGGish()
+        model = VGGish(embedding)
     target = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for ck, name in CHECKPOINT_NAMES.items():
@@ -192,7 +211,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_vggish(path: Path, device: str = "cpu") -> tuple[VGGish, str]:
+def load_vggish(path: Path, device: str = "cpu", embedding: str = "linear") -> tuple[VGGish, str]:
     """(model in eval mode on `device`, sha256 of the weight file)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -201,4 +220,4 @@ def load_vggish(path: Path, device: str = "cpu") -> tuple[VGGish, str]:
                                         f"({exc.__class__.__name__})") from None
     if not isinstance(state, dict):
         raise StageError("bad-weights", f"{path}: holds a {type(state).__name__}, not a state dict")
-    return from_checkpoint_state_dict(state, str(path)).to(device), file_sha256(path)
+    return from_checkpoint_state_dict(state, str(path), embedding).to(device), file_sha256(path)

@@ -202,6 +202,121 @@ def test_lfan_single_head_is_its_equations() -> None:
         np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-10)
 
 
+def layer_norm_np(x: np.ndarray, norm) -> np.ndarray:
+    """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta (biased variance)."""
+    mu = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + norm.eps) * np_(norm.weight) + np_(norm.bias)
+
+
+def softmax_np(s: np.ndarray) -> np.ndarray:
+    s = np.exp(s - s.max(-1, keepdims=True))
+    return s / s.sum(-1, keepdims=True)
+
+
+def linear_np(lin, x: np.ndarray) -> np.ndarray:
+    y = x @ np_(lin.weight).T
+    return y if lin.bias is None else y + np_(lin.bias)
+
+
+def test_lfan_two_heads_is_abaw3_order() -> None:
+    """F = LayerNorm_{M*D}(Dropout(O(concat_j(S_j V_j + V_j)))), S_j = softmax(Q_j K_j^T / sqrt(D/2)),
+    concatenation head-major over (head, modality), O = Linear(M*D, M*D), no residual after O."""
+    head, feats = head_and_feats("lfan", AVT, {"lfan_heads": 2, "lfan_dropout": 0.3})
+    with torch.no_grad():
+        got = head(feats).numpy()
+    n_mod, dim, h = 3, head.dim, 2
+    dh = dim // h
+    assert head.proj.in_features == head.proj.out_features == n_mod * dim
+    for b in range(2):
+        xs = [np_(f[b]) for f in feats]
+        Q = np.stack([linear_np(head.q[m], x) for m, x in enumerate(xs)], axis=1)  # L x M x D
+        K = np.stack([linear_np(head.k[m], x) for m, x in enumerate(xs)], axis=1)
+        V = np.stack([linear_np(head.v[m], x) for m, x in enumerate(xs)], axis=1)
+        per_head = []
+        for j in range(h):
+            sl = slice(j * dh, (j + 1) * dh)
+            S = softmax_np(Q[..., sl] @ K[..., sl].transpose(0, 2, 1) / np.sqrt(dh))  # L x M x M
+            per_head.append(S @ V[..., sl] + V[..., sl])  # L x M x dh
+        cat = np.stack(per_head, axis=1).reshape(WINDOW, h * n_mod * dh)  # [head][modality][dh]
+        F = layer_norm_np(linear_np(head.proj, cat), head.norm)  # eval: dropout is the identity
+        z = np.concatenate([xs[0], F], axis=1)  # visual is the leader
+        want = linear_np(head.out, z)
+        np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-6)
+
+
+def gelu_np(x: np.ndarray) -> np.ndarray:
+    from math import erf, sqrt
+
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+
+
+def test_avtca_cross_block_is_released_formula() -> None:
+    """x' = x + a + MLP(LN(a)), a = Proj(softmax(q k^T / sqrt(dh)) v) per head,
+    q = LN_q(x) W_q, [k | v] = LN_kv(y) W_kv (no bias on W_q, W_kv)."""
+    torch.manual_seed(1)
+    model = build_model("avtca", {"visual": 3, "audio": 3}, WINDOW, {**TINY, "d_model": 16, "heads": 4}).double().eval()
+    block = model.head.cross[0][0]
+    with torch.no_grad():  # LayerNorm affine terms away from (1, 0), so a wrong norm shows
+        for norm in (block.norm_q, block.norm_kv, block.norm_mlp):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    assert block.q.bias is None and block.kv.bias is None and block.proj.bias is not None
+    x = torch.randn(2, 10, 16, dtype=torch.float64)
+    y = torch.randn(2, 7, 16, dtype=torch.float64)
+    with torch.no_grad():
+        got = block(x, y).numpy()
+    d, h = 16, 4
+    dh = d // h
+    for b in range(2):
+        xb, yb = np_(x[b]), np_(y[b])
+        q = layer_norm_np(xb, block.norm_q) @ np_(block.q.weight).T  # 10 x d
+        kv = layer_norm_np(yb, block.norm_kv) @ np_(block.kv.weight).T  # 7 x 2d
+        k, v = kv[:, :d], kv[:, d:]
+        heads = [softmax_np(q[:, j * dh:(j + 1) * dh] @ k[:, j * dh:(j + 1) * dh].T / np.sqrt(dh))
+                 @ v[:, j * dh:(j + 1) * dh] for j in range(h)]
+        a = linear_np(block.proj, np.concatenate(heads, axis=1))
+        hidden = gelu_np(linear_np(block.mlp[0], layer_norm_np(a, block.norm_mlp)))
+        want = xb + a + linear_np(block.mlp[3], hidden)
+        np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-6)
+        # the old pre-LN form, x + a + MLP(LN(x + a)), is measurably different
+        old = xb + a + linear_np(block.mlp[3], gelu_np(linear_np(block.mlp[0], layer_norm_np(xb + a, block.norm_mlp))))
+        assert np.abs(old - want).max() > 1e-2
+
+
+def test_tcn_batchnorm_follows_the_released_forms() -> None:
+    dims = {"visual": 4, "audio": 3, "text": 2}
+    abaw3 = build_model("lfan", dims, WINDOW, {**TINY, "lfan_heads": 2})
+    assert {m: enc.norm is not None for m, enc in abaw3.encoders.items()} == {"visual": True, "audio": True, "text": True}
+    assert build_model("lfan", dims, WINDOW, TINY).spec["cfg"]["tcn_batchnorm"] is False  # ABAW2's LFAN has none
+    assert build_model("rjcma", dims, WINDOW, {**TINY, "variant": "dense"}).spec["cfg"]["tcn_batchnorm"] is True
+    for head, extra in (("rjcma", {}), ("concat", {}), ("avtca", {})):
+        model = build_model(head, dims, WINDOW, {**TINY, **extra})
+        assert model.spec["cfg"]["tcn_batchnorm"] is False
+        assert all(enc.norm is None for enc in model.encoders.values())
+    forced = build_model("concat", dims, WINDOW, {**TINY, "tcn_batchnorm": True})
+    assert all(enc.norm is not None for enc in forced.encoders.values())
+    again = build_model(**forced.spec)
+    again.load_state_dict(forced.state_dict())  # the resolved choice travels with the checkpoint spec
+    with pytest.raises(ValueError, match="tcn_batchnorm must be true, false or null"):
+        build_model("concat", dims, WINDOW, {**TINY, "tcn_batchnorm": "yes"})
+
+
+def test_a_checkpoint_of_another_architecture_is_one_clear_line() -> None:
+    """A run trained before a head changed (e.g. no BatchNorm after the TCNs) must not load half a model."""
+    from fusion.models import load_weights
+
+    dims = {"visual": 4, "audio": 3}
+    before = build_model("rjca", dims, WINDOW, {**TINY, "variant": "dense", "tcn_batchnorm": False})
+    now = build_model("rjca", dims, WINDOW, {**TINY, "variant": "dense"})
+    with pytest.raises(ValueError) as err:
+        load_weights(now, before.state_dict(), "runs/x/best.pt")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("runs/x/best.pt: checkpoint does not fit the 'rjca' model")
+    assert "10 missing" in msg and "encoders.audio.norm" in msg  # weight, bias and 3 running stats, per modality
+    load_weights(before, before.state_dict(), "same architecture")  # fits: no error
+
+
 # ---------------------------------------------------------------- gating invariants
 
 def force_last(fc: torch.nn.Linear) -> None:

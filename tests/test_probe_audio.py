@@ -192,7 +192,7 @@ def test_vggish_loads_a_torchvggish_checkpoint(tmp_path, monkeypatch):
                        audio=tone(1.6, 16000, 300.0, 0.3) + tone(1.6, 16000, 1200.0, 0.1),
                        audio_codec="pcm_s16le")
     up = _probe(path)
-    out = _audio(path, up, model="vggish", weights=str(weights), batch_size=4, device="cpu")
+    out = _audio(path, up, model="vggish", weights=str(weights), embedding="relu", batch_size=4, device="cpu")
     assert out.features.shape == (40, 128) and out.features.dtype == np.float32
     assert out.valid.sum() >= 10 and not out.features[~out.valid].any()
     assert out.attrs["weights"] == hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -210,7 +210,8 @@ def test_vggish_loads_a_torchvggish_checkpoint(tmp_path, monkeypatch):
     np.testing.assert_allclose(out.features[rows], ref, rtol=1e-4, atol=1e-5)
 
     # Loaded once per process; batch size does not change the numbers.
-    again = _audio(path, up, model="vggish", weights=str(weights), batch_size=16, device="cpu")
+    again = _audio(path, up, model="vggish", weights=str(weights), embedding="relu", batch_size=16,
+                   device="cpu")
     np.testing.assert_allclose(again.features, out.features, rtol=1e-5, atol=1e-6)
     loads = [n for key, n in LOAD_COUNTS.items() if key[0] == "audio-vggish" and key[1] == str(weights.resolve())]
     assert loads == [1]

@@ -56,3 +56,33 @@ def test_rejects_bad_widths() -> None:
         TemporalConvNet(4, [])
     with pytest.raises(ValueError, match="channels"):
         TemporalConvNet(4, [8, 0])
+
+
+def test_batchnorm_after_tcn_uses_batch_moments_in_training_and_running_ones_in_eval() -> None:
+    """RJCMA / ABAW3-LFAN form: y = gamma * (tcn(x) - mu_c) / sqrt(var_c + eps) + beta per channel c."""
+    torch.manual_seed(0)
+    plain = TemporalConvNet(6, [8, 5], kernel_size=3, dropout=0.0).double()
+    normed = TemporalConvNet(6, [8, 5], kernel_size=3, dropout=0.0, batch_norm=True).double()
+    normed.load_state_dict(plain.state_dict(), strict=False)  # same convolutions; only the norm is extra
+    bn = normed.norm
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+        bn.running_mean.uniform_(-2.0, 2.0)
+        bn.running_var.uniform_(0.5, 3.0)
+    x = torch.randn(3, 40, 6, dtype=torch.float64)
+    h = plain.eval()(x)  # [B, L, C] before the norm
+    gamma, beta = bn.weight.detach(), bn.bias.detach()
+
+    # eval: the running statistics, never the batch's own
+    expected = gamma * (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) + beta
+    assert torch.allclose(normed.eval()(x), expected, rtol=0, atol=1e-10)
+    # and so a single frame's output does not depend on the rest of the batch
+    assert torch.allclose(normed(x[:1]), expected[:1], rtol=0, atol=1e-10)
+
+    # training: each channel's mean and (biased) variance over all B*L frames
+    mu = h.mean(dim=(0, 1))
+    var = h.var(dim=(0, 1), unbiased=False)
+    expected_train = gamma * (h - mu) / torch.sqrt(var + bn.eps) + beta
+    assert torch.allclose(normed.train()(x), expected_train, rtol=0, atol=1e-10)
+    assert TemporalConvNet(6, [8, 5]).norm is None  # off unless asked for

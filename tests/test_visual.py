@@ -114,7 +114,8 @@ def test_onet_default_gives_256d_float16_identical_across_runs(clip):
     assert np.isfinite(first.features).all()
     # frames differ (the mouth moves), so their embeddings do too
     assert first.features[valid].astype(np.float32).std(axis=0).mean() > 1e-3
-    assert first.attrs == {"backbone": "onet", "weights": sha256(onet_weights_path()), "dim": 256, "align_size": 112}
+    assert first.attrs == {"backbone": "onet", "weights": sha256(onet_weights_path()), "dim": 256,
+                           "crop": "template", "align_size": 112}
 
 
 def test_backbone_change_reuses_stored_landmarks_and_never_detects(clip, monkeypatch):
@@ -140,7 +141,10 @@ def test_settings_reject_unknown_backbones_and_keys_leave_out_speed_settings():
     with pytest.raises(ValueError, match="unknown backbone 'resnet'.*random:onet"):
         VisualStage.Settings(backbone="resnet")
     keyed = VisualStage().key_settings()
-    assert set(keyed) == {"backbone", "weights", "align_size"}
+    assert set(keyed) == {"backbone", "weights", "align_size", "margin"}
+    assert VisualStage.version >= 2  # version 1 shards (template-warped facenet crops, ir50 /128) are not reused
+    with pytest.raises(ValueError, match=r"visual.margin must be an integer in \[0, 160\)"):
+        VisualStage.Settings(backbone="facenet", margin=160)
     assert VisualStage(VisualStage.Settings(backbone="random:ir50")).dim() == 512
     with pytest.raises(ValueError, match="random weights"):
         load_backbone("random:onet", weights="/some/file.pt")
@@ -278,3 +282,90 @@ def test_aligned_faces_mode_matches_video_mode_embeddings(clip, tmp_path):
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.95, f"jpeg round trip changed embeddings: min cosine {cos.min():.3f}"
     assert VisualStage().input_files(atrial)[:2] == [trial.video, folder]
+
+
+# --- crop geometry per backbone -----------------------------------------------------------------------
+
+def _mtcnn_crop_box(box: np.ndarray, width: int, height: int, size: int, margin: int) -> tuple[int, int, int, int]:
+    """facenet-pytorch's MTCNN(image_size=size, margin=margin) crop region, written out: the box grows by
+    margin * side / (size - margin) frame pixels (half per side), truncated to whole pixels, clipped to the frame."""
+    mx = margin * (box[2] - box[0]) / (size - margin)
+    my = margin * (box[3] - box[1]) / (size - margin)
+    return (int(max(box[0] - mx / 2, 0)), int(max(box[1] - my / 2, 0)),
+            int(min(box[2] + mx / 2, width)), int(min(box[3] + my / 2, height)))
+
+
+def test_facenet_crop_is_an_mtcnn_box_crop_with_margin(shared_media):
+    """A real CREMA-D frame: the crop is the box + margin region resized to 160, so the eyes sit where that
+    region puts them (~70 px apart), not where the 112 template upsampled to 160 does (~50 px)."""
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    from pipeline.align import align_faces, box_crops, template
+
+    video = shared_media / "cremad" / "1001_DFA_ANG_XX.flv"
+    frame = decode_all(video, 21)[20]
+    height, width = frame.shape[:2]
+    with torch_threads(1):
+        mtcnn = MTCNN(image_size=160, margin=14, post_process=False, device="cpu")
+        boxes, _, points = mtcnn.detect(Image.fromarray(frame), landmarks=True)
+        box, marks = np.asarray(boxes[0], dtype=np.float64), np.asarray(points[0], dtype=np.float64)
+        crop = box_crops(frame[None], box[None], 160, 14)[0]
+        _, _, found = mtcnn.detect(Image.fromarray(crop), landmarks=True)  # the eyes, found again in the crop
+        theirs = mtcnn(Image.fromarray(frame)).permute(1, 2, 0).numpy()  # facenet-pytorch's own pipeline
+    x0, y0, x1, y1 = _mtcnn_crop_box(box, width, height, 160, 14)
+    region = np.array(Image.fromarray(frame[y0:y1, x0:x1]).resize((160, 160), Image.BILINEAR))
+    np.testing.assert_array_equal(crop, region)
+    np.testing.assert_array_equal(crop, theirs.round().astype(np.uint8))
+
+    # eye geometry: frame landmarks mapped through that region (pixel centres: x' = (x - x0 + 0.5) * s - 0.5)
+    sx, sy = 160 / (x1 - x0), 160 / (y1 - y0)
+    want = np.stack([(marks[:2, 0] - x0 + 0.5) * sx - 0.5, (marks[:2, 1] - y0 + 0.5) * sy - 0.5], axis=1)
+    eyes = np.asarray(found[0][:2], dtype=np.float64)
+    np.testing.assert_allclose(eyes, want, atol=10.0)  # MTCNN's landmark jitter on a re-detection
+    distance = np.linalg.norm(want[1] - want[0])
+    assert np.linalg.norm(eyes[1] - eyes[0]) == pytest.approx(distance, rel=0.06)
+    assert 60 < distance < 80
+    # version 1's geometry (the 112 template warp upsampled to 160) puts the eyes ~50 px apart
+    assert np.linalg.norm(template(160)[1] - template(160)[0]) < 0.8 * distance
+    warped = np.array(Image.fromarray(align_faces(frame[None], marks[None], 112)[0]).resize((160, 160)))
+    assert np.abs(warped.astype(float) - crop).mean() > 10  # ~36 grey levels on this frame
+
+
+def test_visual_stage_crops_facenet_by_box_and_ir50_by_template(clip):
+    """The stage embeds exactly box_crops(frames, stored boxes) for facenet; ir50 reads (x - 127.5) / 127.5."""
+    from pipeline.align import align_faces, box_crops
+    from pipeline.ir50 import IR50
+
+    trial, probe, faces = clip
+    valid = np.zeros(probe.n_frames, bool)
+    valid[::25] = True
+    sparse = with_valid(faces, valid)
+    frames = decode_all(trial.video, probe.n_frames)[valid]
+    with torch_threads(1):
+        out = run_visual(trial, probe, sparse, backbone="random:facenet", margin=20)
+        net = load_backbone("random:facenet")
+        want = net.embed(box_crops(frames, faces.extras["boxes"][valid], 160, 20))
+        template_crops = align_faces(frames, faces.extras["landmarks"][valid], 112)
+        via_template = net.embed(template_crops)
+        assert out.attrs["crop"] == "box" and out.attrs["margin"] == 20 and out.attrs["crop_size"] == 160
+        # equal up to float16 storage; the template crops' embeddings are not (a random network's
+        # embeddings move little with the input, hence the tight tolerances)
+        np.testing.assert_allclose(out.features[valid].astype(np.float32), want, rtol=1e-3, atol=1e-5)
+        assert not np.allclose(via_template, want, rtol=1e-3, atol=1e-5)
+
+        ir = run_visual(trial, probe, sparse, backbone="random:ir50")
+        assert ir.attrs["crop"] == "template" and ir.attrs["align_size"] == 112
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random:ir50's seed, built by hand here
+            module = IR50().eval()
+        # face.evoLVe: ToTensor then Normalize(0.5, 0.5), i.e. (x - 127.5) / 127.5
+        x = (torch.from_numpy(template_crops).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+        with torch.inference_mode():
+            ref = module(x).numpy()
+            x128 = (torch.from_numpy(template_crops).permute(0, 3, 1, 2).float() - 127.5) / 128.0  # version 1
+            ref128 = module(x128).numpy()
+        embedded = load_backbone("random:ir50").embed(template_crops)  # float32, before the shard's float16
+    np.testing.assert_allclose(embedded, ref, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(embedded, ref128, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ir.features[valid].astype(np.float32), ref, rtol=1e-3, atol=1e-5)

@@ -15,10 +15,16 @@ Models (``settings.model``):
 - ``logmel`` (96 x 64 = 6144-d, float16, RJCMA): VGGish's front end
   (`pipeline.vggish.log_mel`), one 0.96 s patch of 96 rows per frame. Choice:
   the patch is CENTRED on the frame time (rows j0 .. j0+95 with the span's
-  centre nearest t_i), so a frame sees the speech around it rather than only
-  the past; the reverse choice would shift every feature by 0.48 s.
+  centre nearest t_i), so a frame sees the speech around it. The uncentred
+  framing (patch i starting at frame i's time, what VGGish run at hop 1/fps
+  from the track start gives, as in LFAN) lets a frame see only the 0.96 s that
+  follow it; centring shifts every feature 0.48 s earlier than that.
 - ``vggish`` (128-d): the VGGish network on that same centred patch, i.e. a
-  0.96 s window with hop = the frame period, as LFAN used.
+  0.96 s window with hop = the frame period, as LFAN used. ``embedding``
+  selects the output: ``linear`` (default, version 2 on) is the last layer
+  before any activation, as RJCMA's preprocessing (ReLU commented out) and
+  ABAW2's slim model use; ``relu`` is torchvggish's forward (version 1's only
+  output). AudioSet's PCA/quantisation post-processing is off, as in both seeds.
 
 Edges (audio stage version 2): windows are padded at the track's edges as the
 reference front ends do, so a frame is invalid only when it has no audio. MFCC
@@ -177,6 +183,8 @@ class AudioStage(Stage):
     """Per-frame audio features aligned by timestamps (see module docstring)."""
 
     name = "audio"
+    #: 2: the vggish embedding is the pre-activation output by default (was post-ReLU), and windows
+    #: are padded at the track's edges (frame 0 has audio).
     version = 2
     inputs = ("probe",)
     gpu_capable = False  # set per instance: only the VGGish network benefits from a GPU
@@ -185,6 +193,7 @@ class AudioStage(Stage):
     class Settings:
         model: str = "mfcc"  # mfcc | logmel | vggish
         weights: str | None = None  # VGGish checkpoint (vggish-10086976.pth); else $AFFPIPE_VGGISH_WEIGHTS
+        embedding: str = "linear"  # vggish only: linear (pre-activation, as the seeds) | relu (torchvggish)
         sample_rate: int = 16000
         batch_size: int = field(default=64, metadata=NOT_IN_KEY)
         device: str = field(default="auto", metadata=NOT_IN_KEY)
@@ -197,6 +206,8 @@ class AudioStage(Stage):
             if self.model != "mfcc" and int(self.sample_rate) != vg.SAMPLE_RATE:
                 raise ValueError(f"audio.model {self.model!r} is defined at {vg.SAMPLE_RATE} Hz; "
                                  f"audio.sample_rate is {self.sample_rate}")
+            if self.embedding not in vg.EMBEDDINGS:
+                raise ValueError(f"audio.embedding must be one of {', '.join(vg.EMBEDDINGS)}, got {self.embedding!r}")
             if int(self.batch_size) < 1:
                 raise ValueError("audio.batch_size must be >= 1")
 
@@ -231,9 +242,9 @@ class AudioStage(Stage):
         if s.model == "vggish":  # weights first: a missing file is a config error, even for silent videos
             path = vg.resolve_weights(s.weights)
             device = resolve_device(s.device)
-            model, sha = get_model(("audio-vggish", str(path.resolve()), device),
-                                   lambda: vg.load_vggish(path, device))
-            attrs.update(weights=sha, weights_file=path.name)
+            model, sha = get_model(("audio-vggish", str(path.resolve()), device, s.embedding),
+                                   lambda: vg.load_vggish(path, device, s.embedding))
+            attrs.update(weights=sha, weights_file=path.name, embedding=s.embedding, postprocess="none")
 
         try:
             track = read_audio(trial.video, int(s.sample_rate))

@@ -1,12 +1,25 @@
-"""The `visual` stage: one face embedding per frame from an aligned crop of the subject.
+"""The `visual` stage: one face embedding per frame from a crop of the subject's face.
 
-It reads the `faces` shard (landmarks, valid) and re-decodes the video in
+It reads the `faces` shard (boxes, landmarks, valid) and re-decodes the video in
 bounded chunks, so swapping the backbone re-runs only this stage and never face
-detection. Each valid frame's face is warped onto the ArcFace template at
-`align_size` (`pipeline.align`), resized to the backbone's input and embedded
-in batches under ``torch.inference_mode`` (CUDA when present). In aligned_faces
-mode the frames come from the trial's pre-aligned images instead; their stored
-landmarks are the template scaled to the image, so the same warp is a resize.
+detection. Each valid frame's face is cropped the way the backbone was trained
+(`BackboneSpec.crop`, see `pipeline.align`):
+
+- ``template`` (ir50, onet): warped onto the ArcFace five-point template at
+  `align_size`, then resized to the backbone's input;
+- ``box`` (facenet): the MTCNN box widened by `margin` pixels of the output
+  and resized to 160, i.e. facenet-pytorch's ``MTCNN(image_size=160,
+  margin=margin)`` crop via its own ``extract_face``; the default margin 14 is
+  the setting of facenet-pytorch's LFW evaluation example for these weights.
+  (Version 1 warped facenet's faces to the 112 template and upsampled them: on
+  a CREMA-D frame the eyes were 52 px apart instead of 70, 36 grey levels of
+  mean pixel difference.)
+
+Crops are embedded in batches under ``torch.inference_mode`` (CUDA when
+present). In aligned_faces mode the frames come from the trial's pre-aligned
+images instead; their stored landmarks are the template scaled to the image
+(so the warp is a resize) and their box is the whole image (so a box crop is
+the image plus whatever margin fits, i.e. a resize, too).
 
 Output: float16 [n, dim] (half the bytes of float32; embeddings carry no more
 precision than that), zeros where the face is invalid; valid = faces' valid.
@@ -21,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..align import align_faces
+from ..align import align_faces, box_crops
 from ..backbones import get_spec, load_backbone, weights_file
 from ..manifest import Trial
 from ..resources import get_model, resolve_device
@@ -34,7 +47,8 @@ class VisualStage(Stage):
     """Backbone embeddings of the aligned subject face (see module docstring)."""
 
     name = "visual"
-    version = 1
+    #: 2: facenet gets MTCNN box + margin crops (was the template warp); ir50 input is (x - 127.5) / 127.5.
+    version = 2
     inputs = ("probe", "faces")
     gpu_capable = True
 
@@ -42,7 +56,8 @@ class VisualStage(Stage):
     class Settings:
         backbone: str = "onet"  # onet | facenet | ir50 | random:<arch>  (see pipeline.backbones)
         weights: str | None = None  # weight file; facenet also finds facenet-pytorch's cache
-        align_size: int = 112  # side of the aligned crop (ArcFace template scaled to it)
+        align_size: int = 112  # template crops (ir50, onet): side of the aligned crop (ArcFace template scaled)
+        margin: int = 14  # box crops (facenet): pixels of the 160 px output added around the MTCNN box
         batch_size: int = field(default=64, metadata=NOT_IN_KEY)
         device: str = field(default="auto", metadata=NOT_IN_KEY)
 
@@ -53,6 +68,11 @@ class VisualStage(Stage):
                                  f"do not also set visual.weights ({self.weights})")
             if int(self.align_size) < 16:
                 raise ValueError(f"visual.align_size must be >= 16, got {self.align_size}")
+            spec = get_spec(self.backbone)
+            top = spec.input_size if spec.crop == "box" else None
+            if (isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0
+                    or (top is not None and self.margin >= top)):
+                raise ValueError(f"visual.margin must be an integer in [0, {top or 'inf'}), got {self.margin!r}")
             if int(self.batch_size) < 1:
                 raise ValueError("visual.batch_size must be >= 1")
 
@@ -93,21 +113,33 @@ class VisualStage(Stage):
             raise StageError("frame-count", f"{trial.video}: faces shard has {valid.shape[0]} rows, "
                                             f"the probe counted {n} frames")
         net = self._backbone()
-        size = int(s.align_size)
+        if net.spec.crop == "box":
+            size = net.spec.input_size
+            geometry = np.asarray(faces.extras["boxes"], dtype=np.float64)
+            attrs: dict[str, Any] = {"crop": "box", "margin": int(s.margin), "crop_size": size}
+        else:
+            size = int(s.align_size)
+            geometry = landmarks
+            attrs = {"crop": "template", "align_size": size}
         features = np.zeros((n, net.spec.dim), dtype=np.float16)
         if faces.attrs.get("mode") == "aligned_faces":
-            chunks = self._aligned_chunks(trial, valid, landmarks, size)
+            chunks = self._aligned_chunks(trial, valid, geometry, size, net.spec.crop)
         else:
-            chunks = self._video_chunks(trial, n, valid, landmarks, size)
+            chunks = self._video_chunks(trial, n, valid, geometry, size, net.spec.crop)
         for rows, crops in chunks:
             if len(rows):
                 features[rows] = net.embed(crops, int(s.batch_size)).astype(np.float16)
         return StageOutput(features=features, valid=valid.copy(),
-                           attrs={"backbone": s.backbone, "weights": net.weights_id, "dim": net.spec.dim,
-                                  "align_size": size})
+                           attrs={"backbone": s.backbone, "weights": net.weights_id, "dim": net.spec.dim, **attrs})
 
-    def _video_chunks(self, trial: Trial, n: int, valid: np.ndarray, landmarks: np.ndarray, size: int):
-        """(frame rows, aligned crops) per decoded chunk: memory bounded by the chunk, not the video."""
+    def _crop(self, frames: np.ndarray, geometry: np.ndarray, size: int, crop: str) -> np.ndarray:
+        """The backbone's crops of `frames`: geometry is [c,5,2] landmarks (template) or [c,4] boxes (box)."""
+        if crop == "box":
+            return box_crops(frames, geometry, size, int(self.settings.margin))
+        return align_faces(frames, geometry, size)
+
+    def _video_chunks(self, trial: Trial, n: int, valid: np.ndarray, geometry: np.ndarray, size: int, crop: str):
+        """(frame rows, face crops) per decoded chunk: memory bounded by the chunk, not the video."""
         from ..decode import iter_frames
 
         seen = 0
@@ -115,12 +147,13 @@ class VisualStage(Stage):
             seen = max(seen, start + len(chunk))
             idx = np.flatnonzero(valid[start:start + len(chunk)])
             rows = start + idx
-            yield rows, align_faces(chunk[idx], landmarks[rows], size)
+            yield rows, self._crop(chunk[idx], geometry[rows], size, crop)
         if seen < n:
             raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
 
-    def _aligned_chunks(self, trial: Trial, valid: np.ndarray, landmarks: np.ndarray, size: int):
-        """Pre-aligned images of valid frames, warped to `size` (a resize: their landmarks are the template)."""
+    def _aligned_chunks(self, trial: Trial, valid: np.ndarray, geometry: np.ndarray, size: int, crop: str):
+        """Pre-aligned images of valid frames cropped to `size` (a resize: their landmarks are the template,
+        their box the whole image)."""
         from PIL import Image
 
         folder = Path(trial.aligned_faces or "")
@@ -135,5 +168,5 @@ class VisualStage(Stage):
                         img = np.array(im.convert("RGB"))
                 except OSError as exc:
                     raise StageError("corrupt-media", f"{path}: cannot read aligned face image ({exc})") from None
-                crops[j] = align_faces(img[None], landmarks[f][None], size)[0]
+                crops[j] = self._crop(img[None], geometry[f][None], size, crop)[0]
             yield part, crops
