@@ -57,7 +57,8 @@ def test_speech_split_mid_word_stitches_without_loss_or_duplicates(tmp_path, sha
     words = words_from_extras(out.extras)
     regions = out.extras["speech_regions"]
     assert len(regions) >= 3 and np.all(np.diff(regions, axis=1) <= 1.0 + 1e-6)
-    assert all(b.start >= a.end - 0.02 for a, b in zip(words, words[1:])), words  # in time order, no doubles
+    # in time order, no word twice: each word's midpoint is past the end of the one before it
+    assert all((b.start + b.end) / 2 >= a.end and b.start >= a.start for a, b in zip(words, words[1:])), words
     splits = [r[0] for prev, r in zip(regions, regions[1:]) if abs(r[0] - prev[1]) < 1e-3]  # hard splits
     assert splits, regions
     texts = [w.text for w in words]
@@ -228,3 +229,14 @@ def test_train_on_text_from_asr(asr_cache, tmp_path):
     recorded = json.loads((run / "config.json").read_text())
     assert set(recorded["shard_keys"]) >= {"visual", "audio", "text"}
     assert (run / "best.pt").is_file()
+
+
+def test_windows_widen_by_the_overlap_only_where_speech_was_split():
+    from pipeline.asr.vad import EDGE_CONTEXT_S, decode_windows
+
+    regions = np.array([[16000, 32000], [32000, 40000], [80000, 96000]])  # 1-2 s | 2-2.5 s, 5-6 s
+    w = decode_windows(regions, 112000, overlap_s=1.0)
+    edge = int(EDGE_CONTEXT_S * SR)
+    assert [(x.a, x.b) for x in w] == [(16000 - edge, 32000 + SR), (32000 - SR, 40000 + edge),
+                                       (80000 - edge, 96000 + edge)]
+    assert [x.own_hi for x in w] == [2.0, 3.75, np.inf]

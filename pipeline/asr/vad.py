@@ -8,9 +8,11 @@ every shared GRID/CREMA-D clip. So the recogniser only ever sees speech regions 
 
 Why bounded windows: a decode window never exceeds ``max_chunk_s + 2 * overlap_s`` seconds,
 whatever the video's length, so recogniser memory is flat. Silero splits speech longer than
-``max_chunk_s`` (at its longest internal pause, else hard). Each region is decoded with
-``overlap_s`` of audio added on both sides, so a word cut by a hard split, or clipped by the VAD,
-is still heard whole. Stitching by time (`stitch`): windows are taken in order; a window keeps
+``max_chunk_s`` (at its longest internal pause, else hard). Where a region touches its neighbour
+(a split inside speech) it is decoded with ``overlap_s`` of audio added on that side, so a word cut
+by the split is still heard whole; at an edge Silero found (silence beyond) only
+`EDGE_CONTEXT_S` is added, for an onset or tail the VAD trimmed. (A first version added the full
+overlap everywhere: on 1-2 s utterances that more than doubled the audio decoded.) Stitching by time (`stitch`): windows are taken in order; a window keeps
 its words whose midpoint lies before its right edge (the midpoint of the gap to the next region,
 exactly the split point for a hard split) and at or after the end of the last word already kept.
 So a word heard by two overlapping windows is kept once, and a word that straddles a hard split
@@ -32,6 +34,11 @@ SAMPLE_RATE = 16000  # both recognisers and Silero VAD work on 16 kHz mono
 MIN_SPEECH_MS = 250
 MIN_SILENCE_MS = 100
 SPEECH_PAD_MS = 30
+#: Audio added at a region edge that Silero found (silence beyond it): room for the word onset or
+#: tail the VAD trimmed. Hard splits (speech on both sides) get the full `overlap_s` instead.
+EDGE_CONTEXT_S = 0.3
+#: Regions closer than this are one stretch of speech that Silero split for length.
+_TOUCHING = int(0.05 * SAMPLE_RATE)
 
 
 @dataclass(frozen=True)
@@ -78,12 +85,16 @@ def speech_regions(samples: np.ndarray, model: Any, threshold: float, max_chunk_
 
 
 def decode_windows(regions: np.ndarray, n_samples: int, overlap_s: float) -> list[Window]:
-    """One window per region, widened by `overlap_s` each side; right edges at gap midpoints."""
-    pad = int(round(overlap_s * SAMPLE_RATE))
+    """One window per region, widened by `overlap_s` at splits, `EDGE_CONTEXT_S` elsewhere; right edges at gap midpoints."""
+    regions = np.asarray(regions, dtype=np.int64).reshape(-1, 2)
+    split_pad = int(round(overlap_s * SAMPLE_RATE))
+    edge_pad = min(split_pad, int(round(EDGE_CONTEXT_S * SAMPLE_RATE)))
     out = []
-    for i, (a, b) in enumerate(np.asarray(regions, dtype=np.int64).reshape(-1, 2)):
+    for i, (a, b) in enumerate(regions):
+        left = split_pad if i > 0 and a - regions[i - 1][1] < _TOUCHING else edge_pad
+        right = split_pad if i + 1 < len(regions) and regions[i + 1][0] - b < _TOUCHING else edge_pad
         hi = np.inf if i == len(regions) - 1 else (b + regions[i + 1][0]) / 2 / SAMPLE_RATE
-        out.append(Window(max(0, int(a) - pad), min(n_samples, int(b) + pad), float(hi), i))
+        out.append(Window(max(0, int(a) - left), min(n_samples, int(b) + right), float(hi), i))
     return out
 
 

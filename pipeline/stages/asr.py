@@ -61,7 +61,7 @@ class AsrStage(Stage):
         compute_type: str = "default"  # faster-whisper (CTranslate2) precision: default, int8, float16, ...
         vad_threshold: float = 0.5  # Silero speech probability above which audio is speech
         max_chunk_s: float = 30.0  # longest speech region decoded at once (longer speech is split)
-        overlap_s: float = 1.0  # audio added on both sides of each region before decoding
+        overlap_s: float = 1.0  # audio added on each side of a split inside speech before decoding
         min_confidence: float = 0.0  # words below this confidence are dropped
         device: str = field(default="auto", metadata=NOT_IN_KEY)
 
