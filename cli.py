@@ -200,6 +200,42 @@ def failures(cache_dir, stage):
     click.echo(f"{len(shown)} open failure(s); re-run them with `affpipe extract --retry-failed`", err=True)
 
 
+@main.group("transcripts")
+def transcripts_group() -> None:
+    """Speech-recognised transcripts (the asr stage)."""
+
+
+@transcripts_group.command("export")
+@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
+@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Stage settings the asr shards were extracted with.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for <trial>.json / <trial>.srt.")
+@click.option("--format", "fmt", default="json", show_default=True, type=click.Choice(["json", "srt"]),
+              help="json keeps word timings and confidences; srt has one cue per speech region.")
+@click.option("--manifest-out", type=click.Path(dir_okay=False),
+              help="Also write a manifest whose empty transcript cells point at the exported files.")
+def transcripts_export(manifest, cache_dir, config_file, out, fmt, manifest_out):
+    """Write the recognised words of every trial as JSON or SRT (the formats the text stage reads)."""
+    from pipeline.asr.export import export_transcripts
+    from pipeline.config import ConfigError
+    from pipeline.manifest import ManifestError
+
+    try:
+        report = export_transcripts(manifest, cache_dir, out, fmt, config=config_file, manifest_out=manifest_out)
+    except (ManifestError, ConfigError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"wrote {len(report.written)} transcript(s) to {out}"
+               + (f"; {len(report.empty)} without recognised words" if report.empty else ""))
+    if report.manifest is not None:
+        click.echo(f"manifest with transcripts: {report.manifest}")
+    if report.missing:
+        shown = ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
+        click.echo(f"{len(report.missing)} trial(s) have no asr shard for this config ({shown}); "
+                   f"run `affpipe extract -m {manifest} --stages asr` first", err=True)
+        raise SystemExit(1)
+
+
 # --- manifest commands ----------------------------------------------------------------------
 
 

@@ -196,3 +196,21 @@ def beep_track(duration: float, sr: int = 16000, beeps: Iterable[tuple[float, fl
         b = tone(length, sr, freq, amp)
         y[a:a + len(b)] = b[: max(0, len(y) - a)]
     return y
+
+
+def chord_music(duration: float, sr: int = 16000, seed: int = 0, note_s: float = 0.5) -> np.ndarray:
+    """Synthetic music: a random three-note chord (5 harmonics, decaying) every `note_s` seconds.
+
+    Speech recognisers alone turn this into confident words (pocketsphinx did); a voice activity
+    detector should call it non-speech.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(duration * sr))) / sr
+    out = np.zeros_like(t)
+    notes = 220 * 2 ** (np.arange(24) / 12)
+    for k in range(int(np.ceil(duration / note_s))):
+        seg = (t >= k * note_s) & (t < (k + 1) * note_s)
+        for f in rng.choice(notes, 3):
+            for h in range(1, 6):
+                out[seg] += np.sin(2 * np.pi * f * h * t[seg]) / h * np.exp(-3 * (t[seg] - k * note_s))
+    return (0.3 * out / max(1e-9, float(np.abs(out).max()))).astype(np.float32)

@@ -21,7 +21,7 @@ from pipeline.shards import read_shard
 from pipeline.store import CacheStore
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES_ALL = ["probe", "faces", "visual", "audio", "text", "labels"]
+STAGES_ALL = ["probe", "faces", "visual", "audio", "asr", "text", "labels"]
 
 
 def write_va(path: Path, n: int, seed: int = 0) -> Path:
@@ -98,7 +98,7 @@ def test_changing_text_settings_recomputes_only_text(full_cache, media_manifest,
     summary = extract(media_manifest, cache=scratch, config=cfg, scheduler="sync", progress=False)
     assert summary.ok
     assert summary.counts["text"]["done"] == 13
-    for stage in ("probe", "faces", "visual", "audio", "labels"):
+    for stage in ("probe", "faces", "visual", "audio", "asr", "labels"):
         assert summary.counts[stage]["done"] == 0 and summary.counts[stage]["cached"] == 13
     # both settings now live side by side; gc with only the new config would drop the old text shards
     doomed = CliRunner().invoke(cli.main, ["cache", "gc", "--cache", str(scratch), "--manifest",
@@ -125,7 +125,7 @@ def test_cli_dry_run_ls_verify(full_cache, media_manifest):
     res = runner.invoke(cli.main, ["cache", "ls", "--cache", str(cache)])
     assert res.exit_code == 0 and "visual" in res.output and "labels" in res.output
     res = runner.invoke(cli.main, ["cache", "verify", "--cache", str(cache)])
-    assert res.exit_code == 0 and "78 shard(s), 0 bad" in res.output
+    assert res.exit_code == 0 and "91 shard(s), 0 bad" in res.output
 
 
 def _tiny_manifest(tmp_path: Path, shared_media: Path, clips: list[str], extra_rows: list[str] = ()) -> Path:

@@ -11,11 +11,17 @@ exactly on a word boundary (1.44 s in GRID's 1/25000 s units vs 36 x 0.04 s) lan
 segment deterministically instead of by float rounding. Where segments overlap, the one that
 starts latest wins (ties: later in the file). A frame in no segment has valid = 0.
 
-A trial without a transcript is legitimate (Aff-Wild2 ships none): it gets an all-invalid
-output with the model's width, not an error. The model is loaded only when a trial has text
-to embed: the width of an empty output is read from the model folder's module configs
-(`declared_dim`), so an extract of transcript-less trials never loads the transformer.
-Loading silences transformers' "Loading weights" progress bars (one per worker otherwise).
+Where the words come from: the manifest's `transcript` file when the trial has one; otherwise,
+with ``asr_fallback`` (the default), the words the `asr` stage recognised (one segment per
+speech region, each with its timed words, exactly what `affpipe transcripts export` writes).
+A trial with neither (``asr_fallback: false``, or no speech) is legitimate: it gets an
+all-invalid output with the model's width, not an error. The stage graph always orders `asr`
+before `text`; with ``asr_fallback: false`` text keys do not depend on it and it is not read.
+
+The model is loaded only when a trial has text to embed: the width of an empty output is read
+from the model folder's module configs (`declared_dim`), so an extract of transcript-less
+trials never loads the transformer. Loading silences transformers' "Loading weights" progress
+bars (one per worker otherwise).
 
 Identical texts are embedded once and shared, so the same word always maps to the very same
 vector (batched encoding with different padding would otherwise differ in the last bits).
@@ -31,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..asr.words import transcript_segments, words_from_extras
 from ..manifest import Trial
 from ..resources import get_model, resolve_device
 from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
@@ -148,7 +155,7 @@ class TextStage(Stage):
 
     name = "text"
     version = 1
-    inputs = ("probe",)
+    inputs = ("probe", "asr")  # per instance: ("probe",) when asr_fallback is off
 
     @classmethod
     def frame_arrays(cls, shard: ShardData) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +167,7 @@ class TextStage(Stage):
     class Settings:
         model: str = DEFAULT_MODEL
         granularity: str = "segment"  # "segment": one embedding per cue; "word": one per timed word
+        asr_fallback: bool = True  # trials without a manifest transcript use the asr stage's words
         batch_size: int = field(default=64, metadata=NOT_IN_KEY)
         device: str = field(default="auto", metadata=NOT_IN_KEY)
 
@@ -170,6 +178,9 @@ class TextStage(Stage):
                              f"{', '.join(GRANULARITIES)}")
         if int(self.settings.batch_size) < 1:
             raise ValueError(f"text batch_size must be >= 1, got {self.settings.batch_size}")
+        if not isinstance(self.settings.asr_fallback, bool):
+            raise ValueError(f"text asr_fallback must be true or false, got {self.settings.asr_fallback!r}")
+        self.inputs = ("probe", "asr") if self.settings.asr_fallback else ("probe",)
 
     # -- key ---------------------------------------------------------------------
     def input_files(self, trial: Trial) -> list[Path]:
@@ -194,29 +205,38 @@ class TextStage(Stage):
         return declared if declared is not None else model_dim(self.model())
 
     # -- compute -------------------------------------------------------------------
-    def _units(self, trial: Trial) -> list[Segment]:
-        """The timed units to embed: the transcript's segments, or their words."""
+    def _segments(self, trial: Trial, upstream: dict[str, ShardData]) -> tuple[list[Segment], str | None]:
+        """The trial's timed segments and where they came from (manifest file, asr shard, none)."""
         path = trial.transcript
-        assert path is not None
+        if path is None:
+            asr = upstream.get("asr")
+            if asr is None:
+                return [], None
+            return transcript_segments(words_from_extras(asr.extras)), f"asr {asr.attrs.get('backend')} {asr.key}"
         if not Path(path).is_file():
             raise StageError("missing-file", f"{path}: transcript file not found (trial {trial.trial})")
         try:
-            segments = read_transcript(path)
+            return read_transcript(path), str(path)
         except TranscriptError as exc:
             raise StageError("bad-transcript", str(exc)) from None
+
+    def _units(self, trial: Trial, upstream: dict[str, ShardData]) -> tuple[list[Segment], str | None]:
+        """The timed units to embed: the segments, or their words; and their source."""
+        segments, source = self._segments(trial, upstream)
+        path = source
         if self.settings.granularity == "segment":
-            return segments
+            return segments, source
         units = []
         for seg in segments:
             if seg.words is None:
                 raise StageError("no-word-timing", f"{path}:{seg.line}: segment has no word timings; "
                                                    "use text granularity 'segment' or a word-timed transcript")
             units.extend(Segment(w.start, w.end, w.text, (w,), w.line) for w in seg.words)
-        return units
+        return units, source
 
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
         probe = upstream["probe"]
-        units = self._units(trial) if trial.transcript else []
+        units, source = self._units(trial, upstream)
         texts = [u.text for u in units]
         unique = sorted(set(texts))
         model = self.model() if unique else None  # lazily: transcript-less trials need only the width
@@ -246,7 +266,7 @@ class TextStage(Stage):
                 "weights": weights_identity(self.settings.model),
                 "n_segments": len(units),
                 "n_frames_with_text": int((index >= 0).sum()),
-                "transcript": str(trial.transcript) if trial.transcript else None,
+                "transcript": source,
                 # Only this extra has one row per frame; the others have one per segment, even
                 # when S happens to equal n (readers slicing rows must not slice those).
                 "frame_keyed_extras": ["segment_index"],
