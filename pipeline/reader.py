@@ -119,3 +119,20 @@ def open_cache(cache: str | Path, trials: list[Trial] | str | Path,
     if not isinstance(trials, list):
         trials = read_manifest(trials)
     return CacheReader(cache, trials, config)
+
+
+def unavailable(reader: CacheReader, stages: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """Trials that cannot have one of `stages` because the plan marks it failed before or blocked.
+
+    trial -> (the first such stage, ledger kind, message); the kind and message
+    are the cause's (a `visual` blocked by a faceless `faces` reads ``no-face``).
+    Trials whose shards are merely not extracted yet are not listed (`require` says so).
+    """
+    out: dict[str, tuple[str, str, str]] = {}
+    for trial in reader.trials:
+        for stage in stages:
+            task = reader._tasks.get((trial, stage))
+            if task is not None and task.status in ("failed-before", "blocked"):
+                out[trial] = (stage, task.error_kind or "unknown", task.error)
+                break
+    return out
