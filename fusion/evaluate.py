@@ -204,7 +204,7 @@ def open_split(run: RunInfo, manifest: str | Path, cache: str | Path, split: str
 
 
 def labels_of(dataset: WindowDataset, reader: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from .data import label_mask_of
+    from .data import check_finite, label_mask_of
 
     out = {}
     for t in dataset.trial_ids:
@@ -214,6 +214,7 @@ def labels_of(dataset: WindowDataset, reader: Any) -> dict[str, tuple[np.ndarray
         else:
             arr = reader.load(t, [dataset.label_stage])
             lab = np.asarray(arr.features[dataset.label_stage], dtype=np.float32)
+            check_finite(t, dataset.label_stage, lab, arr.valid.get(dataset.label_stage))
             out[t] = (lab, label_mask_of(lab, arr.valid.get(dataset.label_stage)))
     return out
 

@@ -314,6 +314,10 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
         raw = train_ds._preloaded
         reader = inp.reader
 
+        val_labels = labels_of(val_ds, reader)
+        if not any(mask.any() for _lab, mask in val_labels.values()):
+            raise FusionError(f"the {len(val_ids)} val trial(s) have no labelled frame: validation could never "
+                              "pick a best epoch (check the manifest's annotation column)")
         if not resuming:
             out.mkdir(parents=True, exist_ok=True)
             stats.save(out / "norm.npz")
@@ -335,7 +339,6 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
             "device": str(dev),
             "versions": _versions(),
         })
-        val_labels = labels_of(val_ds, reader)
         result = _fit(out, fusion, cfg, input_dims, train_ds, val_ds, val_labels, dev, resuming, bar)
         result.warnings = list(bar.warnings)
         return result

@@ -155,23 +155,17 @@ def test_ensemble_refuses_inputs_that_disagree(runs, submission: Path, tmp_path:
     assert result.exit_code == 1 and "missing te1" in result.output
 
 
-def _one_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    text = result.output.strip()
-    assert text.startswith("Error: ") and "\n" not in text and "Traceback" not in text, text
-    return text
-
-
 def test_outputs_that_cannot_be_written_end_in_one_line(data: fc.FusionCache, runs, submission: Path,
                                                         tmp_path: Path) -> None:
     """`predict --out file/sub` and `ensemble --out /proc/nope` were tracebacks; now one line, before any work."""
     regular = tmp_path / "a_file"
     regular.write_text("not a folder")
-    msg = _one_line(CliRunner().invoke(cli.main, ["predict", "--run", str(runs[0]), "--manifest", str(data.manifest),
-                                                  "--cache", str(data.cache), "--out", str(regular / "sub")]))
+    msg = fc.one_line_error(CliRunner().invoke(cli.main, [
+        "predict", "--run", str(runs[0]), "--manifest", str(data.manifest), "--cache", str(data.cache),
+        "--out", str(regular / "sub")]))
     assert f"{regular / 'sub'}: cannot write the output folder" in msg
     other = tmp_path / "other"
     shutil.copytree(submission, other)
-    msg = _one_line(CliRunner().invoke(cli.main, ["ensemble", str(submission), str(other), "--out", "/proc/nope"]))
+    msg = fc.one_line_error(CliRunner().invoke(cli.main, ["ensemble", str(submission), str(other),
+                                                          "--out", "/proc/nope"]))
     assert "/proc/nope: cannot write the output folder" in msg

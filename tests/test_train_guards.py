@@ -47,14 +47,6 @@ def _train(manifest: Path, cache: Path, out: Path, config: Path, *extra: str):
                                          "--fusion", "concat", "--out", str(out), "--config", str(config), *extra])
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [x for x in result.output.strip().splitlines() if x.strip() and not x.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    return lines[0]
-
-
 def _plant(shard: Path, value: float, dataset: str = "features") -> tuple[int, float]:
     """Overwrite one value of a valid frame in place; returns (row, old value)."""
     with h5py.File(shard, "r+") as h5:
@@ -81,7 +73,7 @@ def test_nan_in_a_shard_stops_train_and_the_fixed_shard_trains_finite(data: fc.F
 
     # NaN: one line naming trial and stage; nothing trained, no statistics cached
     row, old = _plant(shard, np.nan)
-    msg = _one_line_error(_train(data.manifest, cache, tmp_path / "nan", config))
+    msg = fc.one_line_error(_train(data.manifest, cache, tmp_path / "nan", config))
     assert "trial tr1, stage visual" in msg and f"frame {row}" in msg and "NaN/Inf" in msg
     assert not (tmp_path / "nan").exists()
     _stats_files_finite(cache)
@@ -108,13 +100,13 @@ def test_nan_label_and_nan_seen_by_a_loader_worker(data: fc.FusionCache, tmp_pat
     cache = _copy(data, tmp_path)
     reader = open_cache(cache, read_manifest(data.manifest))
     _plant(reader.shard_path("tr2", "labels"), np.inf)
-    msg = _one_line_error(_train(data.manifest, cache, tmp_path / "a", _config(tmp_path, data, epochs=1)))
+    msg = fc.one_line_error(_train(data.manifest, cache, tmp_path / "a", _config(tmp_path, data, epochs=1)))
     assert "trial tr2, stage labels" in msg
     # lazy loading: a val trial's NaN is met inside a DataLoader worker process, still one line
     _plant(reader.shard_path("tr2", "labels"), 0.25)
     _plant(reader.shard_path("va0", "visual"), np.nan)
     lazy = _config(tmp_path, data, epochs=1, memory_budget_mb=0, num_workers=1)
-    msg = _one_line_error(_train(data.manifest, cache, tmp_path / "b", lazy))
+    msg = fc.one_line_error(_train(data.manifest, cache, tmp_path / "b", lazy))
     assert "trial va0, stage visual" in msg
 
 
@@ -137,11 +129,21 @@ def test_cached_statistics_are_validated_on_load(data: fc.FusionCache, tmp_path:
         if name != "keys":
             np.testing.assert_array_equal(a[name], b[name])
     _stats_files_finite(cache)  # recomputed and replaced
+    # a run's own statistics are checked too: evaluate/predict refuse a poisoned norm.npz in one line
+    norm = tmp_path / "second" / "norm.npz"
+    with np.load(norm) as z:
+        arrays = dict(z)
+    arrays["std/audio"] = np.full_like(arrays["std/audio"], np.inf)
+    np.savez(norm, **arrays)
+    for command in (["evaluate"], ["predict", "--out", str(tmp_path / "sub")]):
+        msg = fc.one_line_error(CliRunner().invoke(cli.main, [*command, "--run", str(tmp_path / "second"),
+                                                              "--manifest", str(data.manifest), "--cache", str(cache)]))
+        assert f"{norm}: statistics of stage audio are unusable (NaN/Inf values)" in msg
 
 
 def test_a_diverging_model_stops_on_the_first_non_finite_loss(data: fc.FusionCache, tmp_path: Path) -> None:
     config = _config(tmp_path, data, epochs=3, lr=1e20, weight_decay=0.0, warmup_epochs=0.0, grad_clip=0.0)
-    msg = _one_line_error(_train(data.manifest, data.cache, tmp_path / "run", config))
+    msg = fc.one_line_error(_train(data.manifest, data.cache, tmp_path / "run", config))
     assert "became NaN/Inf" in msg and "epoch 1" in msg and "lower train.lr" in msg
     assert not (tmp_path / "run" / "best.pt").exists()
 
@@ -155,8 +157,15 @@ def test_no_labelled_training_frame_is_refused(data: fc.FusionCache, tmp_path: P
     manifest = data.root / "unlabelled_train.csv"
     manifest.write_text("\n".join(unlabelled) + "\n")
     assert extract(manifest, cache=cache, stages=["labels"], scheduler="sync", progress=False).ok
-    msg = _one_line_error(_train(manifest, cache, tmp_path / "run", _config(tmp_path, data, epochs=1)))
+    msg = fc.one_line_error(_train(manifest, cache, tmp_path / "run", _config(tmp_path, data, epochs=1)))
     assert "no labelled frame" in msg and "3 train trial(s)" in msg
+    assert not (tmp_path / "run").exists()
+    # the same for validation: without a labelled val frame no epoch could ever be the best one
+    unlabelled_val = [",".join(r.split(",")[:3]) + "," if r.split(",")[2] == "val" else r for r in rows]
+    manifest.write_text("\n".join(unlabelled_val) + "\n")
+    assert extract(manifest, cache=cache, stages=["labels"], scheduler="sync", progress=False).ok
+    msg = fc.one_line_error(_train(manifest, cache, tmp_path / "run", _config(tmp_path, data, epochs=1)))
+    assert "2 val trial(s) have no labelled frame" in msg
     assert not (tmp_path / "run").exists()
 
 
@@ -216,12 +225,25 @@ def test_trials_with_input_verdicts_are_skipped_or_refused_with_strict(data: fc.
                       "nf_train (visual: no-face), nf_val (visual: no-face)"], result.output
     splits = json.loads((tmp_path / "run" / "config.json").read_text())["splits"]
     assert splits == {"train": ["tr0", "tr1", "tr2"], "val": ["va0", "va1"]}
-    msg = _one_line_error(_train(manifest, cache, tmp_path / "strict", config, "--strict"))
+    msg = fc.one_line_error(_train(manifest, cache, tmp_path / "strict", config, "--strict"))
     assert "--strict" in msg and "nf_train (visual: no-face)" in msg
-    # evaluate on the run's val split is unaffected; a real error (not a verdict) still blocks training
-    out = CliRunner().invoke(cli.main, ["evaluate", "--run", str(tmp_path / "run"), "--manifest", str(manifest),
-                                        "--cache", str(cache), "--json"])
+    # evaluate: the run's val trial va1 now points at a faceless video (a verdict found after training)
+    from pipeline import extract
+
+    rows = [r if not r.startswith("va1,") else f"va1,{tmp_path / 'nf_val.mp4'},val,va1.txt"
+            for r in data.manifest.read_text().splitlines()]
+    later = data.root / f"later_{tmp_path.name}.csv"
+    later.write_text("\n".join(rows) + "\n")
+    extract([t for t in read_manifest(later) if t.trial == "va1"], cache=cache, stages=["faces"],
+            scheduler="sync", progress=False)
+    args = ["evaluate", "--run", str(tmp_path / "run"), "--manifest", str(later), "--cache", str(cache)]
+    out = CliRunner().invoke(cli.main, args)
     assert out.exit_code == 0, out.output
+    assert "warning: skipping 1 trial(s) whose inputs failed extraction (see `affpipe failures`): " \
+           "va1 (visual: no-face)" in out.output
+    assert "va0" in out.output and "val (1 trials" in out.output
+    msg = fc.one_line_error(CliRunner().invoke(cli.main, [*args, "--strict"]))
+    assert "--strict" in msg and "va1 (visual: no-face)" in msg
 
 
 def test_fold_on_a_cache_whose_stats_cannot_be_written(data: fc.FusionCache, tmp_path: Path) -> None:
