@@ -239,9 +239,11 @@ def failures(cache_dir, stage):
         click.echo(f"{verdicts} input verdict(s): correct outcomes for these inputs (retrying gives the same); "
                    "fix the input file and extract again, or leave them: train and evaluate skip those trials",
                    err=True)
-    if errors or not shown:
+    if errors:
         click.echo(f"{errors} error(s); after fixing the cause re-run them with `affpipe extract --retry-failed`",
                    err=True)
+    if not shown:
+        click.echo("0 open failure(s)", err=True)
 
 
 # --- manifest commands ----------------------------------------------------------------------
