@@ -272,7 +272,8 @@ def compute_stats(load: Callable[[str], Any], dims: dict[str, int], trial_ids: S
             for s in todo:
                 x = arrays.features[s]
                 v = arrays.valid.get(s)
-                check_finite(t, s, x, v)
+                if not isinstance(arrays, RawTrial):  # a RawTrial was checked by `load_raw`
+                    check_finite(t, s, x, v)
                 running[s].update(x if v is None or v.all() else x[v])
             if progress is not None:
                 progress()
@@ -342,12 +343,12 @@ def load_raw(reader: ReaderLike, trial_id: str, stages: Sequence[str], label_sta
     wanted = list(stages) + ([label_stage] if label_stage else [])
     arrays = reader.load(trial_id, wanted)
     n = int(arrays.frame.shape[0])
-    feats = {s: compact(np.asarray(arrays.features[s])) if shrink else np.asarray(arrays.features[s])
-             for s in stages}
     valid = {s: (np.ones(n, dtype=bool) if arrays.valid.get(s) is None else np.asarray(arrays.valid[s], bool))
              for s in stages}
-    for s in stages:
-        check_finite(trial_id, s, feats[s], valid[s])
+    for s in stages:  # on the reader's float32 (numpy's isfinite is ~5x slower on float16)
+        check_finite(trial_id, s, arrays.features[s], valid[s])
+    feats = {s: compact(np.asarray(arrays.features[s])) if shrink else np.asarray(arrays.features[s])
+             for s in stages}
     labels = mask = None
     if label_stage:
         labels = np.asarray(arrays.features[label_stage], dtype=np.float32)

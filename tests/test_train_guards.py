@@ -257,3 +257,17 @@ def test_fold_on_a_cache_whose_stats_cannot_be_written(data: fc.FusionCache, tmp
     assert result.exit_code == 0, result.output
     assert "cannot cache normalisation statistics" in result.output and "computed in memory" in result.output
     assert np.isfinite(np.load(tmp_path / "run" / "norm.npz")["mean/visual"]).all()
+
+
+def test_only_frames_flagged_valid_must_be_finite() -> None:
+    """Stages may leave NaN in invalid rows (faces store NaN boxes there); those rows are zeroed, never used."""
+    from fusion.data import NonFiniteError, check_finite
+
+    x = np.ones((5, 3), dtype=np.float32)
+    x[1, 2] = np.nan
+    check_finite("t", "visual", x, np.array([True, False, True, True, True]))
+    x[4, 0] = -np.inf
+    with pytest.raises(NonFiniteError, match=r"trial t, stage visual: NaN/Inf in 1 valid frame\(s\) \(first: frame 4\)"):
+        check_finite("t", "visual", x, np.array([True, False, True, True, True]))
+    with pytest.raises(NonFiniteError, match=r"2 valid frame\(s\) \(first: frame 1\)"):
+        check_finite("t", "visual", x, None)
