@@ -26,8 +26,24 @@ SCHEDULER_HELP = "processes (local spawned workers, default), threads, sync, or 
 
 
 def _fail(exc: BaseException) -> click.ClickException:
-    """One clear line for errors of bad input (the library's messages name file, line, column)."""
-    return click.ClickException(str(exc))
+    """One clear line for errors of bad input (the library's messages name file, line, column).
+
+    An OSError (read-only folder, a path below a regular file, disk full) reads
+    ``path: reason``; any message is cut to its first line.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return click.ClickException(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+
+
+def _plain(text: object) -> str:
+    """Text for rich output: messages and names may hold ``[...]``, which rich would read as markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def _console():
@@ -76,15 +92,54 @@ def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_
         for d in summary.damaged:
             click.echo(f"damaged {d['path']}: {d['problem']} (the next run recomputes it)")
     else:
+        from pipeline.verdicts import is_verdict
+
         for d in summary.damaged:
             console.print(f"recomputed damaged shard {d['path']}: {d['problem']}", markup=False)
         for f in summary.failures[:20]:
-            console.print(f"[red]failed[/red] {f['trial']} {f['stage']} ({f['kind']}): {f['message']}")
+            label = "[yellow]verdict[/yellow]" if is_verdict(f["kind"]) else "[red]failed[/red]"
+            console.print(f"{label} {_plain(f['trial'])} {f['stage']} ({_plain(f['kind'])}): {_plain(f['message'])}")
         if len(summary.failures) > 20:
-            console.print(f"... and {len(summary.failures) - 20} more in {summary.cache}/ledger.jsonl")
-        console.print(f"shards in {summary.cache}; run summary {summary.summary_path}")
+            console.print(f"... and {len(summary.failures) - 20} more in {_plain(summary.cache)}/ledger.jsonl")
+        console.print(f"shards in {_plain(summary.cache)}; run summary {_plain(summary.summary_path)}")
     if not summary.ok and not dry_run:
-        raise SystemExit(1)
+        status, line = _extract_outcome(summary, manifest, cache, config)
+        click.echo(line, err=True)
+        raise SystemExit(status)
+
+
+def _extract_outcome(summary, manifest: str, cache: str, config: str | None) -> tuple[int, str]:
+    """Exit status and one line for a run that did not produce every shard: verdicts apart from errors.
+
+    Input verdicts (no-face, corrupt-media, ...) are correct outcomes: exit 3,
+    nothing to retry. Anything else is an error: exit 1, retry after fixing.
+    The plan after the run holds this run's failures and the ones from before.
+    """
+    from pipeline.reader import open_cache
+    from pipeline.verdicts import EXIT_ERRORS, EXIT_VERDICTS, is_verdict
+
+    kinds: dict[tuple[str, str], str] = {(f["trial"], f["stage"]): f["kind"] for f in summary.failures}
+    try:
+        reader = open_cache(cache, manifest, config)
+        for stage in summary.counts:
+            for trial, (_stage, kind, _msg) in reader.unavailable([stage]).items():
+                kinds.setdefault((trial, stage), kind)
+    except Exception:  # noqa: BLE001  (the classification must never hide the run's own outcome)
+        pass
+    verdict_trials = sorted({t for (t, _s), k in kinds.items() if is_verdict(k)})
+    errors = sorted({(t, s) for (t, s), k in kinds.items() if not is_verdict(k)})
+    by_kind: dict[str, int] = {}
+    for (_t, _s), k in kinds.items():
+        if is_verdict(k):
+            by_kind[k] = by_kind.get(k, 0) + 1
+    verdict_text = (f"{len(verdict_trials)} trial(s) with input verdicts ("
+                    + ", ".join(f"{k}: {n}" for k, n in sorted(by_kind.items()))
+                    + "): correct outcomes, training skips them")
+    if errors or not kinds:
+        prefix = f"{verdict_text}; " if verdict_trials else ""
+        return EXIT_ERRORS, (f"{prefix}{len(errors)} (trial, stage) error(s): see `affpipe failures`, fix the "
+                             "cause and re-run with `affpipe extract --retry-failed`")
+    return EXIT_VERDICTS, f"finished; {verdict_text} (`affpipe failures` lists them)"
 
 
 @main.group()
@@ -192,12 +247,23 @@ def config_show(config_file, preset):
 def failures(cache_dir, stage):
     """List the failure ledger (latest entry per shard that still has no output)."""
     from pipeline.store import CacheStore
+    from pipeline.verdicts import is_verdict
 
     entries = CacheStore(cache_dir).failed_keys().values()
     shown = [e for e in entries if not stage or e.stage == stage]
     for e in shown:
         click.echo(f"{e.trial}\t{e.stage}\t{e.kind}\t{e.message}")
-    click.echo(f"{len(shown)} open failure(s); re-run them with `affpipe extract --retry-failed`", err=True)
+    verdicts = sum(1 for e in shown if is_verdict(e.kind))
+    errors = len(shown) - verdicts
+    if verdicts:
+        click.echo(f"{verdicts} input verdict(s): correct outcomes for these inputs (retrying gives the same); "
+                   "fix the input file and extract again, or leave them: train and evaluate skip those trials",
+                   err=True)
+    if errors:
+        click.echo(f"{errors} error(s); after fixing the cause re-run them with `affpipe extract --retry-failed`",
+                   err=True)
+    if not shown:
+        click.echo("0 open failure(s)", err=True)
 
 
 @main.group("transcripts")
@@ -282,7 +348,13 @@ def _fusion_errors():
 
     from fusion.runs import FusionError
 
-    return (FusionError, ConfigError, ManifestError, MissingShardsError, ShardError, CacheError, ValueError)
+    return (FusionError, ConfigError, ManifestError, MissingShardsError, ShardError, CacheError, ValueError,
+            OSError)
+
+
+def _warn_lines(lines) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
 
 
 def _fmt(x) -> str:
@@ -303,13 +375,15 @@ def _fmt(x) -> str:
               help="Config file (JSON/TOML): its 'train' section, and the 'stages' that define the shards read.")
 @click.option("--seed", type=int, help="Random seed (default: the config's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (after a kill or for more epochs).")
-def train(manifest, cache_dir, fusion, out, modalities, epochs, fold, config_file, seed, resume):
+@click.option("--strict", is_flag=True,
+              help="Refuse to train when some trials have input verdicts (no-face, ...) instead of skipping them.")
+def train(manifest, cache_dir, fusion, out, modalities, epochs, fold, config_file, seed, resume, strict):
     """Train a fusion head on cached features; validate every epoch; write a run folder."""
     from fusion.train import train as run_train
 
     try:
         result = run_train(manifest, cache_dir, fusion, out, modalities=modalities, epochs=epochs, fold=fold,
-                           config=config_file, resume=resume, seed=seed, progress=True)
+                           config=config_file, resume=resume, seed=seed, progress=True, strict=strict)
     except _fusion_errors() as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
@@ -336,16 +410,19 @@ def heads():
 @click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Split as the run defined it (a fold run's val is its fold).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (with per-trial CCC) as JSON.")
-def evaluate(run_dir, manifest, cache_dir, split, as_json):
+@click.option("--strict", is_flag=True,
+              help="Refuse when some trials have input verdicts (no-face, ...) instead of skipping them.")
+def evaluate(run_dir, manifest, cache_dir, split, as_json, strict):
     """CCC of a run's best checkpoint: per dimension, mean, and per trial."""
     import json
 
     from fusion.evaluate import evaluate as run_evaluate
 
     try:
-        result = run_evaluate(run_dir, manifest, cache_dir, split=split, progress=not as_json)
+        result = run_evaluate(run_dir, manifest, cache_dir, split=split, progress=not as_json, strict=strict)
     except _fusion_errors() as exc:
         raise _fail(exc) from None
+    _warn_lines(result.warnings)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
         return

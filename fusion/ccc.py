@@ -32,6 +32,8 @@ from torch import Tensor
 def ccc(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
     """CCC over all (masked-in) elements of `x` and `y`; differentiable, never NaN for finite input.
 
+    Non-finite input gives NaN (never 1): the trainer stops on a NaN loss instead of learning nothing.
+
     Half-precision inputs are computed in float32 (mixed-precision training
     would otherwise lose the variances of near-flat windows).
     """
@@ -54,10 +56,12 @@ def ccc(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
     dx, dy = x - mx, y - my
     cov = (dx * dy).mean()
     den = (dx * dx).mean() + (dy * dy).mean() + (mx - my) ** 2
-    ok = den > 0
+    # Only an exact 0 is "constant and equal": testing ``den > 0`` instead would send a NaN
+    # denominator (NaN in the inputs) to the CCC-1 branch and score poisoned data as perfect.
+    equal = den == 0
     # `where` on a safe denominator: a plain division would put NaN into the gradient even when masked.
-    safe = torch.where(ok, den, torch.ones_like(den))
-    return torch.where(ok, 2.0 * cov / safe, torch.ones_like(den))
+    safe = torch.where(equal, torch.ones_like(den), den)
+    return torch.where(equal, torch.ones_like(den), 2.0 * cov / safe)
 
 
 def ccc_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -92,7 +96,7 @@ def ccc_np(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> floa
     mx, my = x.mean(), y.mean()
     dx, dy = x - mx, y - my
     den = (dx * dx).mean() + (dy * dy).mean() + (mx - my) ** 2
-    if den == 0:
+    if den == 0:  # exactly 0 only: NaN compares unequal, so NaN input gives NaN, never a perfect 1
         return 1.0
     return float(2.0 * (dx * dy).mean() / den)
 

@@ -10,8 +10,17 @@ inference, test prediction, the benchmark) must make them identically:
 - normalisation: per-feature mean/std over the *valid* frames of the training
   trials only (val/test statistics would leak), accumulated chunk by chunk
   (Chan/Welford in float64) so 3M x 1024 never has to be in memory at once,
-  and cached in ``<cache>/stats/`` under a key of (shard keys, fold): a shard
-  recomputed with new settings gets new statistics, a re-run gets the old ones.
+  and cached in ``<cache>/stats/`` under a key of (shard keys, each shard file's
+  size/mtime/inode, fold): a shard recomputed with new settings gets new
+  statistics, a re-run gets the old ones, and a shard file replaced under the
+  same key (repaired after damage) gets fresh ones instead of the poisoned
+  statistics of its predecessor. Cached statistics are checked on load (finite,
+  right width) and never written when non-finite; a read-only cache gets them
+  computed in memory.
+- finiteness: NaN/Inf in the features of a valid frame, or in a label the label
+  stage flags valid, stops the run naming trial and stage (`NonFiniteError`):
+  one poisoned frame would otherwise turn the statistics, the loss and every
+  weight into NaN while the run reports success.
   Invalid frames (no face, no speech) become 0 = the training mean after
   normalisation, and the valid flag is appended as a channel so the model can
   tell "average face" from "no face".
@@ -37,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-STATS_VERSION = 1  # bump when the statistics' definition changes (invalidates cached .npz files)
+STATS_VERSION = 2  # bump when the statistics' definition changes (invalidates cached .npz files)
 STATS_CHUNK = 65536  # rows per float64 chunk while accumulating statistics
 MIN_STD = 1e-6  # features constant over the training set are centred, not blown up
 
@@ -79,6 +88,25 @@ class TrialArraysLike(Protocol):
     features: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
     keys: dict[str, str]
+
+
+class NonFiniteError(ValueError):
+    """NaN/Inf in data a run would consume; the message names the trial, the stage and where."""
+
+
+def check_finite(trial: str, stage: str, x: np.ndarray, valid: np.ndarray | None, where: str = "") -> None:
+    """Raise `NonFiniteError` when a row flagged valid holds NaN/Inf (invalid rows are zeroed later)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f" or x.size == 0:
+        return
+    bad_rows = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if valid is not None:
+        bad_rows &= np.asarray(valid, dtype=bool)
+    if bad_rows.any():
+        idx = np.flatnonzero(bad_rows)
+        raise NonFiniteError(f"trial {trial}, stage {stage}: NaN/Inf in {idx.size} valid frame(s) "
+                             f"(first: frame {int(idx[0])}){where}; the shard is damaged: recompute it "
+                             "(delete it and run `affpipe extract`)")
 
 
 class ReaderLike(Protocol):
@@ -141,14 +169,24 @@ class NormStats:
 
     @classmethod
     def load(cls, path: Path) -> "NormStats":
-        with np.load(path) as z:
-            stages = sorted({k.split("/", 1)[1] for k in z.files if k.startswith("mean/")})
-            return cls(
-                mean={s: z[f"mean/{s}"] for s in stages},
-                std={s: z[f"std/{s}"] for s in stages},
-                count={s: int(z[f"count/{s}"]) for s in stages},
-                keys=json.loads(str(z["keys"])) if "keys" in z.files else {},
-            )
+        """A run's statistics; damaged or non-finite ones are an error, never used."""
+        try:
+            with np.load(path) as z:
+                stages = sorted({k.split("/", 1)[1] for k in z.files if k.startswith("mean/")})
+                stats = cls(
+                    mean={s: z[f"mean/{s}"] for s in stages},
+                    std={s: z[f"std/{s}"] for s in stages},
+                    count={s: int(z[f"count/{s}"]) for s in stages},
+                    keys=json.loads(str(z["keys"])) if "keys" in z.files else {},
+                )
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            raise NonFiniteError(f"{path}: cannot read normalisation statistics ({exc})") from None
+        for s in stages:
+            problem = stats_problem(stats.mean[s], stats.std[s], stats.count[s], None)
+            if problem:
+                raise NonFiniteError(f"{path}: statistics of stage {s} are unusable ({problem}); "
+                                     "retrain the run")
+        return stats
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
@@ -158,37 +196,74 @@ def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def stats_key(stage: str, fold: str, shard_keys: dict[str, str]) -> str:
-    """Cache key of one stage's statistics: the exact shards they were computed from, and the fold."""
+def stats_problem(mean: np.ndarray, std: np.ndarray, count: int, dim: int | None) -> str:
+    """Why statistics cannot be used ("" when they can): wrong width, non-finite, or a bad std."""
+    mean, std = np.asarray(mean), np.asarray(std)
+    if mean.ndim != 1 or std.shape != mean.shape or (dim is not None and mean.shape[0] != dim):
+        return f"shape {mean.shape}/{std.shape}, expected ({dim},)" if dim is not None else "shape mismatch"
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        return "NaN/Inf values"
+    if (std < MIN_STD).any() or count < 0:
+        return "std below the guard or negative count"
+    return ""
+
+
+def shard_identity(path: Path | None) -> list[int] | None:
+    """Size, mtime and inode of a shard file: changes whenever the file is rewritten or replaced.
+
+    The key alone does not: a shard repaired after damage is recomputed under the
+    same key, and statistics keyed by key only would outlive the bad data.
+    """
+    if path is None:
+        return None
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def stats_key(stage: str, fold: str, shard_keys: dict[str, str],
+              files: dict[str, list[int] | None] | None = None) -> str:
+    """Cache key of one stage's statistics: the exact shards (and shard files) they came from, and the fold."""
     blob = json.dumps({"version": STATS_VERSION, "stage": stage, "fold": fold,
-                       "shards": sorted(shard_keys.items())}, sort_keys=True)
+                       "shards": sorted(shard_keys.items()), "files": sorted((files or {}).items())},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def compute_stats(load: Callable[[str], Any], dims: dict[str, int], trial_ids: Sequence[str],
                   stages: Sequence[str], *, shard_keys: dict[str, dict[str, str]], fold: str,
-                  cache_dir: Path | None, progress: Callable[[], None] | None = None) -> NormStats:
+                  cache_dir: Path | None, progress: Callable[[], None] | None = None,
+                  shard_files: dict[str, dict[str, list[int] | None]] | None = None,
+                  warn: Callable[[str], None] | None = None) -> NormStats:
     """Statistics over the valid frames of `trial_ids` (the training trials), cached per stage.
 
     `load(trial_id)` returns an object with ``features`` and ``valid`` dicts
     (a `RawTrial`, or the reader's `TrialArrays`); it is only called when some
-    stage's statistics are not cached yet. `shard_keys` is stage -> trial -> key.
+    stage's statistics are not cached yet. `shard_keys` is stage -> trial -> key,
+    `shard_files` stage -> trial -> `shard_identity` (enters the cache key).
+    A cached file that is unreadable, of the wrong width or non-finite is
+    recomputed (and replaced); statistics that come out non-finite raise
+    `NonFiniteError` and are not written. When the cache cannot be written
+    (read-only), the statistics are used from memory and `warn` is told once.
     """
     stages = list(stages)
     mean: dict[str, np.ndarray] = {}
     std: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
-    stat_keys = {s: stats_key(s, fold, {t: shard_keys[s][t] for t in trial_ids}) for s in stages}
+    files = shard_files or {}
+    stat_keys = {s: stats_key(s, fold, {t: shard_keys[s][t] for t in trial_ids},
+                              {t: files[s][t] for t in trial_ids} if s in files else None) for s in stages}
     todo: list[str] = []
     for s in stages:
         path = Path(cache_dir) / "stats" / f"{s}.{stat_keys[s]}.npz" if cache_dir is not None else None
         if path is not None and path.is_file():
             try:
                 with np.load(path) as z:
-                    mean[s], std[s], count[s] = z["mean"], z["std"], int(z["count"])
-                continue
-            except (OSError, KeyError, ValueError):
-                pass  # a damaged cache file is recomputed, not trusted
+                    m, sd, c = z["mean"], z["std"], int(z["count"])
+                if not stats_problem(m, sd, c, dims[s]):
+                    mean[s], std[s], count[s] = m, sd, c
+                    continue
+            except (OSError, KeyError, ValueError, EOFError):
+                pass  # a damaged or poisoned cache file is recomputed, not trusted
         todo.append(s)
     if todo:
         running = {s: RunningStats(dims[s]) for s in todo}
@@ -197,18 +272,31 @@ def compute_stats(load: Callable[[str], Any], dims: dict[str, int], trial_ids: S
             for s in todo:
                 x = arrays.features[s]
                 v = arrays.valid.get(s)
+                if not isinstance(arrays, RawTrial):  # a RawTrial was checked by `load_raw`
+                    check_finite(t, s, x, v)
                 running[s].update(x if v is None or v.all() else x[v])
             if progress is not None:
                 progress()
+        unwritable = None
         for s in todo:
             r = running[s]
             mean[s] = r.mean
             std[s] = np.where(r.std < MIN_STD, 1.0, r.std)
             count[s] = r.count
-            if cache_dir is not None:
-                _save_npz_atomic(Path(cache_dir) / "stats" / f"{s}.{stat_keys[s]}.npz",
-                                 {"mean": mean[s], "std": std[s], "count": np.asarray(count[s]),
-                                  "fold": np.asarray(fold), "trials": np.asarray(sorted(trial_ids))})
+            problem = stats_problem(mean[s], std[s], count[s], dims[s])
+            if problem:
+                raise NonFiniteError(f"stage {s}: normalisation statistics over {len(trial_ids)} training "
+                                     f"trial(s) are unusable ({problem}); not cached")
+            if cache_dir is not None and unwritable is None:
+                try:
+                    _save_npz_atomic(Path(cache_dir) / "stats" / f"{s}.{stat_keys[s]}.npz",
+                                     {"mean": mean[s], "std": std[s], "count": np.asarray(count[s]),
+                                      "fold": np.asarray(fold), "trials": np.asarray(sorted(trial_ids))})
+                except OSError as exc:
+                    unwritable = exc
+        if unwritable is not None and warn is not None:
+            warn(f"{Path(cache_dir) / 'stats'}: cannot cache normalisation statistics "  # type: ignore[arg-type]
+                 f"({unwritable.strerror or unwritable}); computed in memory for this run")
     return NormStats(mean=mean, std=std, count=count, keys=stat_keys)
 
 
@@ -255,13 +343,16 @@ def load_raw(reader: ReaderLike, trial_id: str, stages: Sequence[str], label_sta
     wanted = list(stages) + ([label_stage] if label_stage else [])
     arrays = reader.load(trial_id, wanted)
     n = int(arrays.frame.shape[0])
-    feats = {s: compact(np.asarray(arrays.features[s])) if shrink else np.asarray(arrays.features[s])
-             for s in stages}
     valid = {s: (np.ones(n, dtype=bool) if arrays.valid.get(s) is None else np.asarray(arrays.valid[s], bool))
+             for s in stages}
+    for s in stages:  # on the reader's float32 (numpy's isfinite is ~5x slower on float16)
+        check_finite(trial_id, s, arrays.features[s], valid[s])
+    feats = {s: compact(np.asarray(arrays.features[s])) if shrink else np.asarray(arrays.features[s])
              for s in stages}
     labels = mask = None
     if label_stage:
         labels = np.asarray(arrays.features[label_stage], dtype=np.float32)
+        check_finite(trial_id, label_stage, labels, arrays.valid.get(label_stage))
         mask = label_mask_of(labels, arrays.valid.get(label_stage))
     return RawTrial(trial_id, n, feats, valid, labels, mask)
 
@@ -348,6 +439,7 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         batch = self.__getitems__([i])
+        raise_batch_error(batch)
         return {"inputs": {m: x[0] for m, x in batch["inputs"].items()}, "labels": batch["labels"][0],
                 "mask": batch["mask"][0], "inside": batch["inside"][0], "trial": int(batch["trial"][0]),
                 "start": int(batch["start"][0])}
@@ -358,7 +450,21 @@ class WindowDataset(Dataset):
         The DataLoader calls this instead of `__getitem__` per item; `collate_windows`
         passes the result through. Building batches in numpy keeps the loader off
         torch's intra-op thread pool, which on a busy machine made stacking 100x slower.
+
+        In a DataLoader worker, a `NonFiniteError` comes back as ``{"error": message}``
+        (see `raise_batch_error`): raised there, torch would wrap it in a multi-line
+        worker traceback instead of the one line that names trial and stage.
         """
+        try:
+            return self._build(indices)
+        except NonFiniteError as exc:
+            from torch.utils.data import get_worker_info
+
+            if get_worker_info() is None:
+                raise
+            return {"error": str(exc)}
+
+    def _build(self, indices: Sequence[int]) -> dict[str, Any]:
         w, b = self.window, len(indices)
         extra = 1 if self.valid_channel else 0
         inputs = {m: np.zeros((b, w, self._mean[s].shape[0] + extra), dtype=np.float32)
@@ -396,6 +502,12 @@ class WindowDataset(Dataset):
     def input_dims(self, reader_dims: dict[str, int]) -> dict[str, int]:
         """Model input width per modality (shard width, plus the valid channel)."""
         return {m: reader_dims[s] + (1 if self.valid_channel else 0) for m, s in zip(self.modalities, self.stages)}
+
+
+def raise_batch_error(batch: dict[str, Any]) -> None:
+    """Re-raise, in the main process, a `NonFiniteError` a DataLoader worker returned in place of a batch."""
+    if "error" in batch:
+        raise NonFiniteError(batch["error"])
 
 
 def collate_windows(batch: Any) -> Any:

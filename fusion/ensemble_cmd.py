@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .ensemble import center_ensemble_va
-from .predict import HEADER, write_submission
+from .predict import HEADER, output_folder, write_submission
 from .runs import FusionError
 from .train import read_prediction_csv
 
@@ -67,6 +67,7 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, split: str = "test
         raise FusionError("ensemble needs at least two runs (or submission folders)")
     if len({d.resolve() for d in dirs}) != len(dirs):
         raise FusionError("ensemble: the same folder is given twice")
+    output_folder(out)  # before reading: a bad --out is said at once, in one line
     sources = [read_source(d, split) for d in dirs]
     trials = set(sources[0])
     for d, src in zip(dirs[1:], sources[1:]):

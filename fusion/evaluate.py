@@ -9,7 +9,7 @@ per-trial CCCs are reported beside it to find the trials that drag it down.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import (NormStats, ReaderSpec, WindowDataset, collate_windows, estimate_bytes, itemsizes, preload,
-                   probe_lengths)
+from .data import (NonFiniteError, NormStats, ReaderSpec, WindowDataset, collate_windows, estimate_bytes, itemsizes, preload,
+                   probe_lengths, raise_batch_error)
 from .runs import FusionError, RunInfo, open_run
 
 SPLITS = ("train", "val", "test")
@@ -57,6 +57,7 @@ def predict_frames(model: torch.nn.Module, dataset: WindowDataset, device: torch
                         pin_memory=device.type == "cuda", persistent_workers=False,
                         generator=torch.Generator().manual_seed(0))
     for batch in loader:
+        raise_batch_error(batch)
         b = batch_to(batch, device)
         with autocast_for(device, amp):
             pred = model(b["inputs"])
@@ -74,6 +75,9 @@ def predict_frames(model: torch.nn.Module, dataset: WindowDataset, device: torch
         if dataset.lengths[pos] and (counts[pos] == 0).any():
             raise AssertionError(f"{t}: frames without a covering window (windowing bug)")
         out[t] = (sums[pos] / np.maximum(counts[pos], 1)[:, None]).astype(np.float32)
+        if not np.isfinite(out[t]).all():
+            raise NonFiniteError(f"trial {t}: the model predicts NaN/Inf (its weights are not finite: "
+                                 "retrain the run)")
     return out
 
 
@@ -125,9 +129,37 @@ def split_trial_ids(run: RunInfo, trials: Sequence[Any], split: str) -> list[str
     return ids
 
 
+def skip_verdicts(reader: Any, ids: Sequence[str], stages: Sequence[str], strict: bool,
+                  warn: Callable[[str], None]) -> list[str]:
+    """`ids` without the trials whose `stages` failed with an input verdict (no-face, corrupt-media...).
+
+    Such a trial can never get those shards (the ledger's verdict is correct),
+    so it must not block the others: it is left out with one warning line, or,
+    with `strict`, refused. Trials failed by a real error are kept: `require`
+    then stops the run and `affpipe failures` tells how to retry them.
+    """
+    from pipeline.verdicts import is_verdict
+
+    verdicts = {t: v for t, v in reader.unavailable(stages).items() if t in set(ids) and is_verdict(v[1])}
+    if not verdicts:
+        return list(ids)
+    listed = ", ".join(f"{t} ({stage}: {kind})" for t, (stage, kind, _msg) in sorted(verdicts.items()))
+    if strict:
+        raise FusionError(f"--strict: {len(verdicts)} trial(s) have no usable shards because of input "
+                          f"verdicts in the failure ledger: {listed}")
+    warn(f"skipping {len(verdicts)} trial(s) whose inputs failed extraction (see `affpipe failures`): {listed}")
+    return [t for t in ids if t not in verdicts]
+
+
 def open_split(run: RunInfo, manifest: str | Path, cache: str | Path, split: str, *, with_labels: bool,
-               progress: Callable[[], None] | None = None) -> tuple[WindowDataset, Any]:
-    """Dataset of one split of a run: its normalisation, its extraction config, its windows."""
+               progress: Callable[[], None] | None = None, warn: Callable[[str], None] | None = None,
+               strict: bool = False) -> tuple[WindowDataset, Any]:
+    """Dataset of one split of a run: its normalisation, its extraction config, its windows.
+
+    With `warn`, trials with input verdicts are skipped (told through `warn`) or,
+    with `strict`, refused; without it (predict: a submission needs every trial)
+    every trial must have its shards.
+    """
     from pipeline.manifest import read_manifest
     from pipeline.reader import open_cache
 
@@ -138,7 +170,12 @@ def open_split(run: RunInfo, manifest: str | Path, cache: str | Path, split: str
     extract_config = run.extract_config or None
     reader = open_cache(cache, used, extract_config)
     stages = [cfg.stage_of(m) for m in run.modalities]
-    reader.require(["probe"] + stages + ([cfg.label_stage] if with_labels else []), ids)
+    needed = ["probe"] + stages + ([cfg.label_stage] if with_labels else [])
+    if warn is not None:
+        ids = skip_verdicts(reader, ids, needed, strict, warn)
+        if not ids:
+            raise FusionError(f"no {split} trial left after skipping the trials with input verdicts")
+    reader.require(needed, ids)
     norm_path = run.path / "norm.npz"
     if not norm_path.is_file():
         raise FusionError(f"{run.path}: norm.npz missing (the run did not finish its setup)")
@@ -166,7 +203,7 @@ def open_split(run: RunInfo, manifest: str | Path, cache: str | Path, split: str
 
 
 def labels_of(dataset: WindowDataset, reader: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from .data import label_mask_of
+    from .data import check_finite, label_mask_of
 
     out = {}
     for t in dataset.trial_ids:
@@ -176,6 +213,7 @@ def labels_of(dataset: WindowDataset, reader: Any) -> dict[str, tuple[np.ndarray
         else:
             arr = reader.load(t, [dataset.label_stage])
             lab = np.asarray(arr.features[dataset.label_stage], dtype=np.float32)
+            check_finite(t, dataset.label_stage, lab, arr.valid.get(dataset.label_stage))
             out[t] = (lab, label_mask_of(lab, arr.valid.get(dataset.label_stage)))
     return out
 
@@ -185,20 +223,23 @@ class EvalResult:
     split: str
     report: dict[str, Any]
     predictions: dict[str, np.ndarray]
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"split": self.split, **self.report}
 
 
 def run_on_split(run: str | Path, manifest: str | Path, cache: str | Path, split: str, *, with_labels: bool,
-                 device: str | None, progress: bool, title: str) -> tuple[RunInfo, dict[str, np.ndarray], Any, Any]:
+                 device: str | None, progress: bool, title: str, warn: Callable[[str], None] | None = None,
+                 strict: bool = False) -> tuple[RunInfo, dict[str, np.ndarray], Any, Any]:
     """A run's best checkpoint over every window of one split: (run info, per-frame predictions, dataset, reader)."""
     from pipeline.resources import resolve_device
 
     info = open_run(run)
     dev = torch.device(resolve_device(device or info.train.device))
     with _progress(progress, f"{title} {split}") as bar:
-        ds, reader = open_split(info, manifest, cache, split, with_labels=with_labels, progress=bar.tick_trial)
+        ds, reader = open_split(info, manifest, cache, split, with_labels=with_labels, progress=bar.tick_trial,
+                                warn=warn, strict=strict)
         bar.start_windows(len(ds))
         model = info.build_model().to(dev)
         preds = predict_frames(model, ds, dev, batch_size=info.train.batch_size, amp=info.train.amp,
@@ -207,15 +248,20 @@ def run_on_split(run: str | Path, manifest: str | Path, cache: str | Path, split
 
 
 def evaluate(run: str | Path, manifest: str | Path, cache: str | Path, split: str = "val",
-             device: str | None = None, progress: bool = False) -> EvalResult:
-    """CCC of a run's best checkpoint on one split (per dimension, mean, and per trial)."""
+             device: str | None = None, progress: bool = False, strict: bool = False) -> EvalResult:
+    """CCC of a run's best checkpoint on one split (per dimension, mean, and per trial).
+
+    Trials with input verdicts in the ledger are skipped (listed in `warnings`), or refused with `strict`.
+    """
+    warnings: list[str] = []
     _info, preds, ds, reader = run_on_split(run, manifest, cache, split, with_labels=True, device=device,
-                                            progress=progress, title="evaluate")
+                                            progress=progress, title="evaluate", warn=warnings.append,
+                                            strict=strict)
     report = ccc_report(preds, labels_of(ds, reader))
     if report["n_labelled"] == 0:
         raise FusionError(f"no labelled frames in the {split} trials (a test split has no annotations: "
                           "use `affpipe predict`)")
-    return EvalResult(split, report, preds)
+    return EvalResult(split, report, preds, warnings)
 
 
 class _Bar:

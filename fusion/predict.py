@@ -12,6 +12,7 @@ of what is wrong saves a round trip.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,22 @@ def format_submission(pred: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_submission(out: str | Path, preds: dict[str, np.ndarray]) -> list[Path]:
+def output_folder(out: str | Path) -> Path:
+    """Create the output folder before any work, or say in one line why it cannot be
+    (a path below a regular file, /proc, a read-only mount): minutes of inference must not end in a traceback."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".affpipe-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FusionError(f"{out}: cannot write the output folder ({exc.strerror or exc})") from None
+    return out
+
+
+def write_submission(out: str | Path, preds: dict[str, np.ndarray]) -> list[Path]:
+    out = output_folder(out)
     written = []
     for t, p in preds.items():
         path = out / f"{t}.txt"
@@ -60,6 +74,7 @@ def predict(run: str | Path, manifest: str | Path, cache: str | Path, out: str |
     The raw (unclipped, 6-decimal) predictions also go to
     ``<run>/predictions/<split>/`` for `affpipe ensemble`.
     """
+    output_folder(out)
     info, preds, _ds, _reader = run_on_split(run, manifest, cache, split, with_labels=False, device=device,
                                              progress=progress, title="predict")
     write_predictions(info.path / "predictions" / split, preds)

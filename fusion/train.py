@@ -20,20 +20,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .config import ConfigError, TrainConfig, load_config, train_config_from_dict
-from .data import (NormStats, ReaderSpec, WindowDataset, TrialBlockSampler, collate_windows, compute_stats,
-                   estimate_bytes, itemsizes, preload, probe_lengths, shard_keys_of)
-from .evaluate import autocast_for, batch_to, ccc_report, labels_of, predict_frames
+from .data import (NonFiniteError, NormStats, ReaderSpec, WindowDataset, TrialBlockSampler, collate_windows,
+                   compute_stats, estimate_bytes, itemsizes, preload, probe_lengths, raise_batch_error,
+                   shard_identity, shard_keys_of)
+from .evaluate import autocast_for, batch_to, ccc_report, labels_of, predict_frames, skip_verdicts
 from .runs import (FusionError, load_checkpoint, rng_state, save_checkpoint_atomic, seed_everything,
                    set_rng_state, write_json_atomic)
 
 PLOT_EVERY_S = 30.0  # curves.png is redrawn at most this often during a run, and once at its end
+FEW_STEPS = 5  # fewer optimizer steps per epoch than this: warm-up, plateau and early stopping act on noise
 
 #: Settings that may differ when a run is resumed (they change speed or length, not the numbers so far).
 RESUMABLE_CHANGES = {"epochs", "device", "num_workers", "memory_budget_mb", "early_stopping_patience",
@@ -51,6 +53,7 @@ class RunResult:
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
+    warnings: list[str] = field(default_factory=list)  # the lines printed as warnings (skipped trials, ...)
 
 
 def parse_modalities(value: str | Sequence[str] | None) -> list[str] | None:
@@ -168,11 +171,13 @@ class Inputs:
 
 def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, extract_config: dict[str, Any],
                    fold: int | None, *, fusion: str | None = None, bar: "_TrainProgress | None" = None,
-                   expect_keys: dict | None = None, stats_path: Path | None = None) -> Inputs:
+                   expect_keys: dict | None = None, stats_path: Path | None = None,
+                   strict: bool = False) -> Inputs:
     """Splits, shard checks, statistics and datasets of a run (also used by bench/train.py).
 
     Trials are held in memory when their estimated size fits `cfg.memory_budget_mb`,
     else every DataLoader worker opens its own reader and loads trials lazily.
+    Trials with input verdicts in the ledger are skipped (or refused: `strict`).
     """
     from pipeline.manifest import read_manifest
     from pipeline.reader import open_cache
@@ -184,7 +189,16 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     used = [t for t in trials if t.trial in used_ids]
     reader = open_cache(cache, used, extract_config or None)
     stages = [cfg.stage_of(m) for m in cfg.modalities]
-    reader.require(["probe"] + stages + [cfg.label_stage], train_ids + val_ids)
+    needed = ["probe"] + stages + [cfg.label_stage]
+    kept = set(skip_verdicts(reader, train_ids + val_ids, needed, strict, bar.warn))
+    train_ids = [t for t in train_ids if t in kept]
+    val_ids = [t for t in val_ids if t in kept]
+    if not train_ids or not val_ids:
+        raise FusionError(f"no {'train' if not train_ids else 'val'} trial left after skipping the trials "
+                          "with input verdicts")
+    used_ids = set(train_ids) | set(val_ids)
+    used = [t for t in used if t.trial in used_ids]
+    reader.require(needed, train_ids + val_ids)
     dims = {s: reader.dim(s) for s in stages}
     input_dims = {m: dims[s] + (1 if cfg.valid_channel else 0) for m, s in zip(cfg.modalities, stages)}
     if fusion is not None:  # a bad model config fails now, not after minutes of loading
@@ -211,8 +225,10 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     else:
         bar.phase("normalisation statistics", len(train_ids))
         load = (lambda t: raw[t]) if raw is not None else (lambda t: reader.load(t, stages))
+        files = {s: {t: shard_identity(reader.shard_path(t, s)) for t in train_ids} for s in stages}
         stats = compute_stats(load, dims, train_ids, stages, shard_keys=keys, fold=fold_label,
-                              cache_dir=Path(cache), progress=None if raw is not None else bar.tick)
+                              cache_dir=Path(cache), progress=None if raw is not None else bar.tick,
+                              shard_files=files, warn=bar.warn)
     common: dict[str, Any] = dict(label_stage=cfg.label_stage, valid_channel=cfg.valid_channel, with_labels=True)
     if raw is not None:
         common["preloaded"] = raw
@@ -222,14 +238,44 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
                              stats, cfg.window, cfg.hop, **common)
     val_ds = WindowDataset(val_ids, [lengths[t] for t in val_ids], cfg.modalities, cfg.stage_map,
                            stats, cfg.window, cfg.hop, **common)
+    _check_learnable(reader, raw, train_ids, cfg, len(train_ds), bar.warn)
     return Inputs(reader, train_ds, val_ds, stats, dims, input_dims, keys, fold_label, raw is not None)
+
+
+def _check_learnable(reader: Any, raw: dict | None, train_ids: Sequence[str], cfg: TrainConfig, n_windows: int,
+                     warn: Callable[[str], None]) -> None:
+    """Refuse a run with no labelled training frame; warn when an epoch has too few optimizer steps."""
+    from pipeline.shards import read_attrs
+
+    labelled = 0
+    for t in train_ids:
+        if raw is not None:
+            labelled += int(raw[t].label_mask.sum())
+        else:
+            attrs = read_attrs(reader.shard_path(t, cfg.label_stage))
+            labelled += int(attrs.get("n_labelled_frames", 1))  # no count recorded: found at the first batch
+        if labelled:
+            break
+    if not labelled:
+        raise FusionError(f"the {len(train_ids)} train trial(s) have no labelled frame (stage "
+                          f"{cfg.label_stage!r}): check the manifest's annotation column")
+    steps = math.ceil(n_windows / cfg.batch_size)
+    if steps < FEW_STEPS:
+        warn(f"only {n_windows} training window(s) per epoch = {steps} optimizer step(s) at batch_size "
+             f"{cfg.batch_size} (window {cfg.window}, hop {cfg.hop}): warm-up, the plateau schedule and early "
+             "stopping will act on noise; use a smaller train.window/hop or batch_size, or more trials")
 
 
 def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
           modalities: str | Sequence[str] | None = None, epochs: int | None = None, fold: int | None = None,
           config: str | Path | dict | TrainConfig | None = None, resume: bool = False, *,
-          seed: int | None = None, device: str | None = None, progress: bool = False) -> RunResult:
-    """Train `fusion` on the manifest's train split (or fold), validating every epoch; see module doc."""
+          seed: int | None = None, device: str | None = None, progress: bool = False,
+          strict: bool = False) -> RunResult:
+    """Train `fusion` on the manifest's train split (or fold), validating every epoch; see module doc.
+
+    Trials whose extraction ended in an input verdict (ledger kind such as
+    ``no-face``) are skipped with a warning, or refused with `strict`.
+    """
     from pipeline.resources import resolve_device
 
     out = Path(out)
@@ -257,7 +303,7 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
         try:
             inp = prepare_inputs(manifest, cache, cfg, extract_config, fold, fusion=fusion, bar=bar,
                                  expect_keys=saved.get("shard_keys") if resuming else None,
-                                 stats_path=out / "norm.npz" if resuming else None)
+                                 stats_path=out / "norm.npz" if resuming else None, strict=strict)
         except FusionError as exc:
             if resuming and "changed since the run started" in str(exc):
                 raise FusionError(f"{out}: {exc}") from None
@@ -268,6 +314,10 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
         raw = train_ds._preloaded
         reader = inp.reader
 
+        val_labels = labels_of(val_ds, reader)
+        if not any(mask.any() for _lab, mask in val_labels.values()):
+            raise FusionError(f"the {len(val_ids)} val trial(s) have no labelled frame: validation could never "
+                              "pick a best epoch (check the manifest's annotation column)")
         if not resuming:
             out.mkdir(parents=True, exist_ok=True)
             stats.save(out / "norm.npz")
@@ -289,8 +339,9 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
             "device": str(dev),
             "versions": _versions(),
         })
-        val_labels = labels_of(val_ds, reader)
-        return _fit(out, fusion, cfg, input_dims, train_ds, val_ds, val_labels, dev, resuming, bar)
+        result = _fit(out, fusion, cfg, input_dims, train_ds, val_ds, val_labels, dev, resuming, bar)
+        result.warnings = list(bar.warnings)
+        return result
 
 
 def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], train_ds: WindowDataset,
@@ -355,6 +406,7 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
             losses = []
             bar.phase(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
             for batch in loader:
+                raise_batch_error(batch)
                 gs = int(state["global_step"])
                 if gs < warmup_steps:
                     for group in optimizer.param_groups:
@@ -367,6 +419,8 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
                 with autocast_for(dev, use_amp):
                     pred = model(b["inputs"])
                 loss = ccc_loss(pred.float(), b["labels"], b["mask"])
+                if not bool(torch.isfinite(loss)):
+                    _non_finite_loss(loss, pred, epoch, gs, batch, train_ds)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip > 0:
@@ -383,6 +437,11 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
             score = report["mean"] if report["mean"] is not None else -math.inf
             if state["global_step"] >= warmup_steps:
                 plateau.step(score)
+            lr_next = float(optimizer.param_groups[0]["lr"])
+            if lr_next < lr_used and state["global_step"] >= warmup_steps:
+                bar.warn(f"epoch {epoch + 1}: val mean CCC has not improved for {cfg.plateau_patience + 1} "
+                         f"epoch(s): learning rate cut {lr_used:.2e} -> {lr_next:.2e}"
+                         + (" (train.min_lr reached)" if lr_next <= cfg.min_lr else ""))
             improved = score > state["best_score"]
             state["epoch"] = epoch + 1
             if improved:
@@ -425,6 +484,20 @@ def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], t
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         torch.set_num_threads(threads_before)
+
+
+def _non_finite_loss(loss: torch.Tensor, pred: torch.Tensor, epoch: int, step: int, batch: dict[str, Any],
+                     train_ds: WindowDataset) -> None:
+    """Stop on a NaN/Inf loss with one line: which epoch, step and trials, and what likely caused it.
+
+    The inputs were checked finite when loaded, so a non-finite loss means the
+    model itself produced NaN/Inf (diverged) rather than bad data.
+    """
+    trials = sorted({train_ds.trial_ids[int(i)] for i in batch["trial"]})
+    where = "predictions" if not bool(torch.isfinite(pred).all()) else "loss"
+    raise NonFiniteError(f"epoch {epoch + 1}, step {step + 1}: the {where} became NaN/Inf on a batch of trial(s) "
+                         f"{', '.join(trials)} (inputs are finite: the model diverged; lower train.lr or "
+                         "keep train.grad_clip on)")
 
 
 def _plot_val(out: Path, preds: dict[str, np.ndarray], labels: dict, n: int) -> None:
@@ -478,6 +551,7 @@ class _TrainProgress:
         self.enabled = enabled
         self.p = None
         self.task = None
+        self.warnings: list[str] = []
 
     def __enter__(self) -> "_TrainProgress":
         if self.enabled:
@@ -506,6 +580,14 @@ class _TrainProgress:
     def tick_n(self, n: int) -> None:
         if self.p is not None and self.task is not None:
             self.p.advance(self.task, n)
+
+    def warn(self, message: str) -> None:
+        """One warning line on stderr (plain text: messages may hold ``[...]``), kept for the result."""
+        self.warnings.append(message)
+        if self.enabled:
+            import click
+
+            click.echo(f"warning: {message}", err=True)
 
     def log(self, line: dict[str, Any]) -> None:
         if self.p is None:

@@ -17,6 +17,11 @@ OPTIONAL_COLUMNS = ("annotation", "transcript", "subject", "fold", "aligned_face
 SPLITS = ("train", "val", "test")
 SUBJECTS = ("largest", "left", "right")
 PATH_COLUMNS = ("video", "annotation", "transcript", "aligned_faces")
+#: Longest trial id in UTF-8 bytes. Trial ids are parts of file names (shards
+#: ``.<trial>.<key>.h5.<tag>.tmp``, submissions, predictions, plots) and file
+#: systems cap a name at 255 bytes; a longer id failed deep inside a worker with
+#: "File name too long". 160 leaves room for every suffix affpipe adds.
+MAX_TRIAL_BYTES = 160
 
 
 class ManifestError(ValueError):
@@ -163,6 +168,11 @@ def read_manifest(path: str | Path) -> list[Trial]:
         trial_id = values["trial"]
         if any(ch in trial_id for ch in "/\\") or trial_id in (".", ".."):
             raise _error(path, line_no, col["trial"] + 1, f"trial id {trial_id!r} cannot be used as a file name")
+        n_bytes = len(trial_id.encode("utf-8"))
+        if n_bytes > MAX_TRIAL_BYTES:
+            raise _error(path, line_no, col["trial"] + 1,
+                         f"trial id {trial_id[:40]!r}... is {n_bytes} bytes long, at most {MAX_TRIAL_BYTES} "
+                         "(it is part of file names, which are limited to 255 bytes)")
         if trial_id in seen:
             raise _error(path, line_no, col["trial"] + 1,
                          f"duplicate trial {trial_id!r} (first on line {seen[trial_id]})")

@@ -224,3 +224,4 @@ def open_cache(cache: str | Path, trials: list[Trial] | str | Path,
     if not isinstance(trials, list):
         trials = read_manifest(trials)
     return CacheReader(cache, trials, config)
+

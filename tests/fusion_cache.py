@@ -109,3 +109,12 @@ def history(run: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock field."""
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in line.items() if k != "time"} for line in lines]
+
+
+def one_line_error(result) -> str:
+    """A CLI result that failed with exit status 1 and exactly one ``Error:`` line (warning lines aside)."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [x for x in result.output.strip().splitlines() if x.strip() and not x.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
+    return lines[0]

@@ -112,3 +112,18 @@ def test_empty_selection_and_bad_shapes() -> None:
         ccc_np(np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="mask must be"):
         ccc_loss(torch.zeros(2, 5, 2), torch.zeros(2, 5, 2), torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_never_reads_as_perfect_agreement(bad: float) -> None:
+    """A NaN/Inf denominator is not "constant and equal": CCC must be NaN, the loss NaN, never 1 / 0."""
+    x = np.array([0.1, 0.2, bad, 0.4])
+    y = np.array([0.1, 0.2, 0.3, 0.4])
+    assert np.isnan(ccc_np(x, y))
+    value = ccc(torch.tensor(x), torch.tensor(y))
+    assert torch.isnan(value)
+    loss = ccc_loss(torch.tensor(x).reshape(1, 4, 1), torch.tensor(y).reshape(1, 4, 1))
+    assert torch.isnan(loss)
+    # the exact constant-and-equal case keeps its rule
+    same = torch.full((4,), 0.3, dtype=torch.float64)
+    assert ccc(same, same).item() == 1.0

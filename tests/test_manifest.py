@@ -263,3 +263,25 @@ def test_to_dict_from_dict_round_trip(tmp_path):
               subject="right", fold=1, extra={"k": "v"}, source="m.csv:2")
     back = Trial.from_dict(t.to_dict())
     assert back == t and back.extra == {"k": "v"} and back.source == "m.csv:2"
+
+
+def test_trial_id_over_the_file_name_limit_is_refused_at_read(tmp_path):
+    """An id longer than file names allow failed deep in a worker ("File name too long"); now line:col."""
+    from click.testing import CliRunner
+
+    import cli
+    from pipeline.manifest import MAX_TRIAL_BYTES
+
+    longest = "a" * MAX_TRIAL_BYTES
+    ok = write(tmp_path, f"{HEADER}\nshort,v.mp4,train\n{longest},v.mp4,train\n")
+    assert [t.trial for t in read_manifest(ok)] == ["short", longest]
+    # the longest accepted id still leaves room for the longest name affpipe derives from it (a shard's temp file)
+    (tmp_path / f".{longest}.{'0' * 20}.h5.0123abcd.tmp").write_bytes(b"")
+    too_long = write(tmp_path, f"{HEADER}\nshort,v.mp4,train\n{'x' * 300},v.mp4,train\n", "long.csv")
+    assert_error(too_long, 3, 1, "300 bytes", str(MAX_TRIAL_BYTES))
+    wide = write(tmp_path, f"split,video,trial\ntrain,v.mp4,{'é' * 81}\n", "wide.csv")  # 81 chars, 162 bytes
+    assert_error(wide, 2, 3, "162 bytes")
+    result = CliRunner().invoke(cli.main, ["extract", "--manifest", str(too_long), "--cache", str(tmp_path / "c"),
+                                           "--dry-run"])
+    assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None))), result.output
+    assert result.output.startswith(f"Error: {too_long}:3:1:") and result.output.count("\n") == 1, result.output

@@ -153,3 +153,19 @@ def test_ensemble_refuses_inputs_that_disagree(runs, submission: Path, tmp_path:
     (other / "te1.txt").unlink()
     result = CliRunner().invoke(cli.main, ["ensemble", str(submission), str(other), "--out", str(tmp_path / "e")])
     assert result.exit_code == 1 and "missing te1" in result.output
+
+
+def test_outputs_that_cannot_be_written_end_in_one_line(data: fc.FusionCache, runs, submission: Path,
+                                                        tmp_path: Path) -> None:
+    """`predict --out file/sub` and `ensemble --out /proc/nope` were tracebacks; now one line, before any work."""
+    regular = tmp_path / "a_file"
+    regular.write_text("not a folder")
+    msg = fc.one_line_error(CliRunner().invoke(cli.main, [
+        "predict", "--run", str(runs[0]), "--manifest", str(data.manifest), "--cache", str(data.cache),
+        "--out", str(regular / "sub")]))
+    assert f"{regular / 'sub'}: cannot write the output folder" in msg
+    other = tmp_path / "other"
+    shutil.copytree(submission, other)
+    msg = fc.one_line_error(CliRunner().invoke(cli.main, ["ensemble", str(submission), str(other),
+                                                          "--out", "/proc/nope"]))
+    assert "/proc/nope: cannot write the output folder" in msg

@@ -185,16 +185,8 @@ def _train_cli(data: fc.FusionCache, out: Path, *extra: str) -> object:
                                          "--out", str(out), *extra])
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    text = result.output.strip()
-    assert text.startswith("Error: ") and "\n" not in text and "Traceback" not in text, text
-    return text
-
-
 def test_unknown_fusion_name(data: fc.FusionCache, tmp_path: Path) -> None:
-    msg = _one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "nosuchhead", "--config", str(data.config)))
+    msg = fc.one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "nosuchhead", "--config", str(data.config)))
     assert "unknown fusion 'nosuchhead'" in msg and "concat" in msg
     assert not (tmp_path / "r").exists()
 
@@ -203,10 +195,10 @@ def test_missing_shards_name_trials_stages_and_the_fix(data: fc.FusionCache, tmp
     empty = CliRunner().invoke(cli.main, ["train", "--manifest", str(data.manifest), "--cache",
                                           str(tmp_path / "empty_cache"), "--fusion", "concat",
                                           "--out", str(tmp_path / "r"), "--config", str(data.config)])
-    msg = _one_line_error(empty)
+    msg = fc.one_line_error(empty)
     assert "probe" in msg and "tr0" in msg and "affpipe extract" in msg
     # a cache with everything but one modality: the message names that stage and its trials
-    msg = _one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(data.config),
+    msg = fc.one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(data.config),
                                      "--modalities", "visual,text"))
     assert "text: tr0" in msg and "affpipe extract" in msg and "visual:" not in msg
     assert not (tmp_path / "r").exists()
@@ -215,19 +207,19 @@ def test_missing_shards_name_trials_stages_and_the_fix(data: fc.FusionCache, tmp
 def test_config_errors_name_file_line_and_column(data: fc.FusionCache, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"train": {\n  "epochs": 2,\n  "lr": 0.01,,\n}}\n')
-    msg = _one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(bad)))
+    msg = fc.one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(bad)))
     assert f"{bad}:3:14:" in msg
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"train": {"epochs": 1, "lerning_rate": 0.1}}))
-    msg = _one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(unknown)))
+    msg = fc.one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(unknown)))
     assert str(unknown) in msg and "lerning_rate" in msg
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"train": {**fc.TRAIN_CFG, "model": {"hiden": 3}}}))
-    msg = _one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(model)))
+    msg = fc.one_line_error(_train_cli(data, tmp_path / "r", "--fusion", "concat", "--config", str(model)))
     assert "hiden" in msg
     assert not (tmp_path / "r").exists()
 
 
 def test_resume_refuses_a_different_head(data: fc.FusionCache, baseline: Path) -> None:
-    msg = _one_line_error(_train_cli(data, baseline, "--fusion", "lfan", "--resume"))
+    msg = fc.one_line_error(_train_cli(data, baseline, "--fusion", "lfan", "--resume"))
     assert "'concat'" in msg and "'lfan'" in msg

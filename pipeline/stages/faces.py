@@ -84,10 +84,13 @@ def detect_batch(mtcnn: Any, frames: np.ndarray, scale: float = 1.0
     import torch.nn.functional as F
 
     b, h, w, _ = frames.shape
+    nh, nw = (max(1, int(round(h * scale))), max(1, int(round(w * scale)))) if scale != 1.0 else (h, w)
+    if min(nh, nw) < int(getattr(mtcnn, "min_face_size", 0)):
+        # No face of min_face_size fits: MTCNN's image pyramid would be empty and it fails in torch.cat().
+        return [None] * b
     x = torch.from_numpy(np.require(frames, requirements=("C", "W"))).to(mtcnn.device)
     sx = sy = 1.0
     if scale != 1.0:
-        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
         sx, sy = nw / w, nh / h
         x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(nh, nw), mode="bilinear",
                           align_corners=False, antialias=True).permute(0, 2, 3, 1)
