@@ -10,7 +10,7 @@ Audio: decoded exactly as the audio stage decodes it (`pipeline.decode.read_audi
 VAD finds speech, long speech is cut into bounded overlapping windows and stitched by time
 (`pipeline.asr.vad`), and each window goes to the recogniser (`pipeline.asr.backends`).
 Recogniser memory is flat in the video's length; the decoded track is not (bench/asr.py measured
-peak RSS growing ~12 MiB a minute: decord's buffer plus the float32 samples), as in the audio stage.
+peak RSS growing ~12 MiB a minute with the whole-track decode), as in the audio stage.
 
 Edge cases: silence, noise and music give no speech regions and so no words; a video without
 an audio track gives an empty, valid transcript (``has_audio = False``), not a failure. A word
