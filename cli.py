@@ -150,17 +150,20 @@ def cache():
 @cache.command("ls")
 @click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
 def cache_ls(cache_dir):
-    """Per stage and settings: shards, trials, frames, bytes."""
+    """Per stage and settings: shards, trials, frames, bytes of the current shards; the others apart."""
     from pipeline.cache_admin import list_cache
 
-    rows = list_cache(cache_dir)
-    if not rows:
+    rows, other = list_cache(cache_dir)
+    if not rows and not other["shards"]:
         click.echo(f"{cache_dir}: no shards")
         return
     click.echo(f"{'stage':<8} {'shards':>6} {'trials':>6} {'frames':>9} {'MiB':>9}  settings")
     for r in rows:
         click.echo(f"{r['stage']:<8} {r['shards']:>6} {r['trials']:>6} {r['frames']:>9} "
                    f"{r['bytes'] / 2**20:>9.2f}  {r['settings']}")
+    if other["shards"]:
+        click.echo(f"{other['shards']} other shard(s), {other['bytes'] / 2**20:.2f} MiB: superseded versions or not "
+                   "in the cache index (`affpipe cache gc` removes those no manifest+config uses)")
 
 
 @cache.command("verify")
@@ -293,7 +296,8 @@ def transcripts_export(manifest, cache_dir, config_file, out, fmt, manifest_out)
     except (ManifestError, ConfigError, ValueError, OSError) as exc:
         raise _fail(exc) from None
     click.echo(f"wrote {len(report.written)} transcript(s) to {out}"
-               + (f"; {len(report.empty)} without recognised words" if report.empty else ""))
+               + (f"; {len(report.empty)} without recognised words" if report.empty else "")
+               + (f"; {len(report.skipped)} skipped (their manifest transcript is used)" if report.skipped else ""))
     if report.manifest is not None:
         click.echo(f"manifest with transcripts: {report.manifest}")
     if report.missing:

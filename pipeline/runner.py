@@ -238,7 +238,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
         raise ValueError(f"unknown scheduler {scheduler!r}: use processes, threads, sync or tcp://HOST:PORT")
     trials = read_manifest(manifest) if not isinstance(manifest, list) else manifest
     stage_objs = build_stages(config)
-    order = stage_order(stages)
+    order = stage_order(stages, stage_objs)
     store = CacheStore(cache)
     if not dry_run:
         store.ensure_writable()
