@@ -5,15 +5,30 @@ the expensive step and the part that does not change when a backbone is
 swapped: visual re-aligns from these stored landmarks, so trying another
 backbone never re-runs MTCNN.
 
-Detection: facenet-pytorch's MTCNN, batched, on uint8 tensors (its crop path
-fails on numpy frames; we never use the crop path). With ``detect_every = k``
-only every k-th frame (and the last) is detected; frames in between take the
+Detection: facenet-pytorch's MTCNN on uint8 tensors (its crop path fails on
+numpy frames; we never use the crop path). By default (``guided``) detection is
+track-guided (`pipeline.guided_detection`): while the subject is tracked, O-Net
+refines the predicted box, else MTCNN searches a region around it with the
+pyramid's smallest face set from the track's size; a full-frame detection runs
+when the track is lost, at a scene cut and every ``full_every`` detected frames.
+Every detected frame still gets its own detection and landmarks. ``guided:
+false`` detects every frame on the full frame, batched. With ``detect_every =
+k`` only every k-th frame (and the last) is detected; frames in between take the
 linear interpolation of the tracked box and landmarks of the detections around
-them (see `pipeline.tracking.fill_between`). ``detect_scale < 1`` detects on
-downscaled frames and maps boxes back, which pays off on HD video with large faces.
+them (see `pipeline.tracking.fill_between`). ``detect_scale < 1`` detects full
+frames downscaled and maps boxes back, which pays off on HD video with large
+faces (guided steps work on the track's own scale and ignore it).
 
 Tracking: one person per trial, chosen by the manifest's `subject` rule at the
 first frame with faces and then followed by position (`pipeline.tracking`).
+Lost-track policy: a track is lost after ``max_gap`` frames without a match or
+at once at a scene cut; every (re)acquisition starts a new track segment and is
+recorded (`acquisitions` rows: frame, segment, identity; reasons and counts in
+the attrs). A re-acquired face whose appearance signature matches the subject's
+(similarity >= ``identity_threshold``) is identity 0 again; otherwise it is
+marked as another identity (per frame `identity`, -1 where invalid), so
+training can mask or split those frames. The signature is no face recognition
+(see `pipeline.guided_detection.face_signatures` for what it separates).
 
 aligned_faces mode (manifest column set): the trial comes with pre-aligned face
 images ``<folder>/<k:05d>.jpg`` for 1-based frame k (the Aff-Wild2
