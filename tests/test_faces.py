@@ -378,3 +378,5 @@ def test_bad_settings_are_rejected_with_a_clear_message():
         FacesStage.Settings(full_every=0)
     with pytest.raises(ValueError, match="identity_threshold"):
         FacesStage.Settings(identity_threshold=2)
+    with pytest.raises(ValueError, match="other_identities"):
+        FacesStage.Settings(other_identities="drop")

@@ -115,3 +115,17 @@ def test_two_person_video_records_the_switch_and_the_return(two_person_video, tm
     assert (segment[:24] == 0).all() and (segment[40:64] == 1).all() and (segment[64:] == 2).all()
     assert attrs["acquisitions_count"] == 3 and attrs["identities"] == 2 and attrs["other_identity_frames"] == 24
     assert '"returned"' in str(attrs["acquisition_reasons"]) and attrs["scene_cuts"] >= 1
+
+
+def test_other_identities_invalid_delivers_only_the_subject(two_person_video):
+    from pipeline.stages.faces import FacesStage
+    from test_faces import probe_shard, torch_threads, trial_for
+
+    stage = FacesStage(FacesStage.Settings(max_gap=8, other_identities="invalid"))
+    with torch_threads(1):
+        out = stage.run(trial_for(two_person_video), {"probe": probe_shard(two_person_video)})
+    valid, identity = out.valid, out.extras["identity"]
+    assert valid[:24].all() and not valid[24:64].any() and valid[64:].all()
+    assert (identity[40:64] == 1).all(), "the other person's frames keep their identity, for the record"
+    assert np.isnan(out.extras["boxes"][40:64]).all() and (out.extras["scores"][40:64] == 0).all()
+    assert out.attrs["other_identity_frames"] == 24 and out.attrs["other_identities"] == "invalid"

@@ -216,6 +216,7 @@ class FacesStage(Stage):
         guided: bool = True  # track-guided detection (pipeline.guided_detection); False: full frame always
         full_every: int = 30  # guided: a full-frame detection at least every this many detected frames
         identity_threshold: float = 0.96  # appearance similarity for a re-acquired face to count as the subject
+        other_identities: str = "keep"  # keep: valid and marked in `identity`; invalid: not delivered at all
         batch_size: int = field(default=16, metadata=NOT_IN_KEY)
         device: str = field(default="auto", metadata=NOT_IN_KEY)
 
@@ -229,6 +230,8 @@ class FacesStage(Stage):
                 raise ValueError(f"faces.detect_scale must be in (0, 4], got {self.detect_scale}")
             if int(self.min_face_size) < 12:
                 raise ValueError(f"faces.min_face_size must be >= 12 (MTCNN's input), got {self.min_face_size}")
+            if self.other_identities not in ("keep", "invalid"):
+                raise ValueError(f"faces.other_identities must be 'keep' or 'invalid', got {self.other_identities!r}")
             if int(self.full_every) < 1:
                 raise ValueError(f"faces.full_every must be >= 1, got {self.full_every}")
             if not -1 <= float(self.identity_threshold) <= 1:
@@ -293,11 +296,16 @@ class FacesStage(Stage):
                   "segment": np.asarray(search.segment, dtype=np.float64),
                   "identity": np.asarray(search.identity, dtype=np.float64)}
         valid, filled, tracked = fill_between(n, det_frames, found, values, segments=values["segment"])
+        segment = np.where(valid, np.nan_to_num(filled["segment"], nan=-1), -1).astype(np.int32)
+        identity = np.where(valid, np.nan_to_num(filled["identity"], nan=-1), -1).astype(np.int32)
+        if s.other_identities == "invalid":  # another person's face is not the subject's: deliver nothing
+            drop = identity > 0
+            valid = valid & ~drop
+            for name in ("boxes", "landmarks", "scores"):
+                filled[name][drop] = np.nan
         if not valid.any():
             raise StageError("no-face", f"{trial.video}: no face found in any of {n} frames"
                                         + (f" ({m} run through the detector)" if m != n else ""))
-        segment = np.where(valid, np.nan_to_num(filled["segment"], nan=-1), -1).astype(np.int32)
-        identity = np.where(valid, np.nan_to_num(filled["identity"], nan=-1), -1).astype(np.int32)
         acq = search.tracker.acquisitions
         return StageOutput(
             features=None,
@@ -307,7 +315,9 @@ class FacesStage(Stage):
                 "landmarks": filled["landmarks"].astype(np.float32),
                 "scores": np.nan_to_num(filled["scores"], nan=0.0).astype(np.float32),
                 "track_segment": segment,  # -1 where invalid; a new segment at every (re)acquisition
-                "identity": identity,  # 0 = the subject; 1.. = other people the track took (mask them)
+                # 0 = the subject; 1.. = other people the track took (mask them; with other_identities
+                # 'invalid' they are already invalid here but keep their identity); -1: no face
+                "identity": identity,
                 # one row per (re)acquisition: frame, segment, identity (reasons in the attrs)
                 "acquisitions": np.array([[a.frame, a.segment, a.identity] for a in acq], dtype=np.int64
                                          ).reshape(-1, 3),
@@ -330,7 +340,8 @@ class FacesStage(Stage):
                 "acquisitions_count": len(acq),
                 "acquisition_reasons": [a.reason for a in acq],
                 "identities": search.tracker.n_identities,
-                "other_identity_frames": int((valid & (identity > 0)).sum()),
+                "other_identity_frames": int((identity > 0).sum()),
+                "other_identities": s.other_identities,
             },
         )
 
