@@ -334,15 +334,18 @@ def config_show(config_file, preset):
 
 @main.command()
 @cache_option()
-@click.option("--stage", type=click.Choice(STAGE_NAMES), help="Only this stage.")
+@click.option("--stages", type=StageListType(), help="Only these stages (comma-separated, as for extract).")
+@click.option("--stage", "stage_alias", type=click.Choice(STAGE_NAMES), hidden=True,
+              help="One stage (older spelling of --stages).")
 @_cli_errors
-def failures(cache_dir, stage):
+def failures(cache_dir, stages, stage_alias):
     """List the failure ledger (latest entry per shard that still has no output), tab-separated on stdout."""
     from pipeline.store import CacheStore
     from pipeline.verdicts import is_verdict
 
+    wanted = set(stages or ()) | ({stage_alias} if stage_alias else set())
     entries = CacheStore(cache_dir).failed_keys().values()
-    shown = [e for e in entries if not stage or e.stage == stage]
+    shown = [e for e in entries if not wanted or e.stage in wanted]
     for e in shown:
         click.echo(f"{e.trial}\t{e.stage}\t{e.kind}\t{e.message}")
     verdicts = sum(1 for e in shown if is_verdict(e.kind))
@@ -582,13 +585,17 @@ def ensemble(sources, out, split):
 @click.option("--scheduler", default="processes", show_default=True, type=SchedulerType(), help=SCHEDULER_HELP)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Local workers.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the demo's epoch count.")
+@click.option("--trials", default=8, show_default=True, type=click.IntRange(min=3),
+              help="Trials in the demo dataset (split about 5:2:1 into train, val, test).")
+@click.option("--seconds", default=6.0, show_default=True, type=click.FloatRange(min=2.0),
+              help="Length of each demo trial (a smaller dataset is a quicker smoke test).")
 @_cli_errors(also=(RuntimeError,))
-def demo(root, cache_dir, fusion, scheduler, workers, epochs):
+def demo(root, cache_dir, fusion, scheduler, workers, epochs, trials, seconds):
     """Build the embedded dataset, extract every stage, train, evaluate and predict."""
     from fusion.demo_job import run_demo
 
     result = run_demo(root, cache_dir, fusion=fusion, scheduler=scheduler, workers=workers, epochs=epochs,
-                      console=_console())
+                      console=_console(), trials=trials, seconds=seconds)
 
     def fmt(r):
         return f"CCC valence {r['ccc_v']:.3f}  arousal {r['ccc_a']:.3f}  mean {r['mean']:.3f}"

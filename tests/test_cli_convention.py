@@ -69,6 +69,7 @@ def test_name_lists_equal_the_registries():
 @pytest.mark.parametrize("argv, words", [
     (["extract", "-m", "m.csv", "--stages", "faces,vsual"], "'vsual'"),
     (["extract", "-m", "m.csv", "--scheduler", "proccesses"], "tcp://HOST:PORT"),
+    (["failures", "--stages", "nope"], "'nope'"),
     (["failures", "--stage", "nope"], "'nope' is not one of"),
     (["demo", "--fusion", "nope"], "'nope' is not one of"),
     (["evaluate", "run", "-m", "m.csv", "--split", "dev"], "'dev' is not one of"),
