@@ -1,12 +1,17 @@
 """Extraction benchmark: frames/s per stage and end to end, decode-only rate, peak memory.
 
     python bench/extract.py [--media ../shared/media] [--seconds 60] [--device cpu|cuda]
-                            [--backbones onet] [--audio mfcc,logmel]
+                            [--stages probe,faces] [--skip-720p]
 
 Each measurement runs in a fresh subprocess (so its peak RSS is its own) that
 extracts one stage, upstream stages being already cached. Two generated 720p
 30 fps videos of different lengths show whether memory grows with length
 (it must not: decoding and processing happen in bounded chunks).
+
+The `faces` row is the default (track-guided) detection; `faces:full-frame`
+detects every frame on the whole frame. A second table compares the two on
+the same frames (frames found, box IoU, landmark distance) next to the speed-up
+(issue 12's target: >= 3x, >= 99% found, median IoU >= 0.9).
 """
 from __future__ import annotations
 
@@ -76,6 +81,14 @@ def make_720p(path: Path, seconds: float) -> Path:
     return write_video(path, frames(), 30, audio=tone(seconds, 16000, 220.0, 0.3), sr=16000, codec="mpeg4")
 
 
+def report(row: dict) -> None:
+    """One progress line per measurement, so a run stopped at a time limit still shows what it measured."""
+    rate = row["frames"] / row["seconds"] if row.get("seconds") else float("nan")
+    print(f"  {row['set']} {row['stage']}: " + (f"error: {row['error']}" if "error" in row else
+                                               f"{row['frames']} frames, {row.get('seconds', 0):.1f} s, {rate:.1f} frames/s"),
+          flush=True)
+
+
 def bench_set(name: str, manifest: Path, videos: list[str], config: dict, stages: list[str],
               variants: list[tuple[str, str, dict]]) -> list[dict]:
     """Default stages (end to end), then each (label, stage, settings) variant on the same cache."""
@@ -88,26 +101,66 @@ def bench_set(name: str, manifest: Path, videos: list[str], config: dict, stages
         for stage in stages:
             r = run_child(stage, manifest, Path(cache), config, videos)
             rows.append({"set": name, "stage": stage, **r})
+            report(rows[-1])
             total += r.get("seconds", 0.0)
             frames = max(frames, r.get("frames", 0))
         rows.append({"set": name, "stage": "end-to-end", "frames": frames, "seconds": total,
                      "peak_mib": max(x.get("peak_mib", 0) for x in rows if x["set"] == name)})
         for label, stage, settings in variants:
+            if stage not in stages:
+                continue
             cfg = {"stages": {**config["stages"], stage: {**config["stages"].get(stage, {}), **settings}}}
             r = run_child(stage, manifest, Path(cache), cfg, videos)
             rows.append({"set": name, "stage": label, **r})
+            report(rows[-1])
+        if "faces" in stages:
+            AGREEMENT[name] = faces_agreement(Path(cache))
     return rows
+
+
+#: per benchmark set: track-guided vs full-frame faces (filled by bench_set)
+AGREEMENT: dict[str, dict[str, float]] = {}
 
 
 #: every other extractor, timed on the same cache. Networks whose weights cannot be downloaded here
 #: run with random weights of the same architecture: the speed is the real one, the features are not.
 VARIANTS = [
+    ("faces:full-frame", "faces", {"guided": False}),
     ("faces:fast", "faces", {"detect_every": 3, "detect_scale": 0.5}),
     ("visual:facenet*", "visual", {"backbone": "random:facenet"}),
     ("visual:ir50*", "visual", {"backbone": "random:ir50"}),
     ("audio:logmel", "audio", {"model": "logmel"}),
     ("text:word", "text", {"granularity": "word"}),
 ]
+
+
+def faces_agreement(cache: Path) -> dict[str, float]:
+    """Track-guided vs full-frame faces shards of every trial in `cache` (both at detect_every 1, scale 1)."""
+    import numpy as np
+
+    from pipeline.guided_detection import agreement
+    from pipeline.shards import read_shard
+
+    by_trial: dict[str, dict[bool, object]] = {}
+    for path in sorted((cache / "shards" / "faces").glob("*.h5")):
+        d = read_shard(path)
+        settings = d.attrs.get("settings") or {}
+        if int(settings.get("detect_every", 1)) != 1 or float(settings.get("detect_scale", 1.0)) != 1.0:
+            continue
+        by_trial.setdefault(path.name.split(".")[0], {})[bool(d.attrs.get("guided"))] = d
+    cols: dict[str, list] = {k: [] for k in ("rv", "rb", "rm", "v", "b", "m")}
+    for pair in by_trial.values():
+        if True in pair and False in pair:
+            ref, got = pair[False], pair[True]
+            for k, src, name in (("rv", ref, "valid"), ("v", got, "valid")):
+                cols[k].append(np.asarray(src.valid, bool))
+            for k, src, name in (("rb", ref, "boxes"), ("rm", ref, "landmarks"), ("b", got, "boxes"),
+                                 ("m", got, "landmarks")):
+                cols[k].append(np.asarray(src.extras[name], np.float64))
+    if not cols["rv"]:
+        return {}
+    cat = {k: np.concatenate(v) for k, v in cols.items()}
+    return agreement(cat["rv"], cat["rb"], cat["rm"], cat["v"], cat["b"], cat["m"])
 
 
 def random_vggish(folder: Path) -> Path:
@@ -123,20 +176,31 @@ def random_vggish(folder: Path) -> Path:
     return path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
+    ap.add_argument("--skip-shared", action="store_true", help="do not time the shared clips")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the long generated 720p video")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-720p", action="store_true")
-    args = ap.parse_args()
-    stages = ["probe", "faces", "visual", "audio", "text", "labels"]
+    ap.add_argument("--single-720p", action="store_true",
+                    help="only the long 720p video (skips the short one that checks memory against length)")
+    ap.add_argument("--stages", default="probe,faces,visual,audio,text,labels",
+                    help="stages to time (with their variants); upstream stages must be listed too")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    stages = [x.strip() for x in args.stages.split(",") if x.strip()]
     config = {"stages": {s: {"device": args.device} for s in ("faces", "visual", "audio", "text")}}
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         VARIANTS.append(("audio:vggish*", "audio", {"model": "vggish", "weights": str(random_vggish(tmp))}))
-        if (args.media / "cremad").is_dir():
+        if args.skip_shared:
+            pass
+        elif (args.media / "cremad").is_dir():
             clips = sorted(args.media.glob("cremad/*.flv")) + sorted(args.media.glob("grid/*.mpg"))
             m = tmp / "shared.csv"
             m.write_text("trial,video,split\n" + "".join(f"{c.stem},{c},train\n" for c in clips))
@@ -144,7 +208,7 @@ def main() -> None:
         else:
             print(f"(no shared clips at {args.media}; skipping that set)")
         if not args.skip_720p:
-            for secs in (args.seconds / 4, args.seconds):
+            for secs in (args.seconds,) if args.single_720p else (args.seconds / 4, args.seconds):
                 v = make_720p(tmp / f"v720_{int(secs)}s.mp4", secs)
                 m = tmp / f"v720_{int(secs)}.csv"
                 m.write_text(f"trial,video,split\nv720_{int(secs)},{v},train\n")
@@ -163,6 +227,20 @@ def main() -> None:
         print(f"{r['set']:<16} {r['stage']:<16} {r['frames']:>8} {r['seconds']:>9.2f} {fps:>9.1f} "
               f"{r.get('peak_mib', 0):>9.0f}")
     print("* random weights of the real architecture (speed only); vggish needs its weight file")
+    if AGREEMENT:
+        print("\ntrack-guided faces vs full-frame detection (the same frames)")
+        print(f"{'set':<16} {'speed-up':>8} {'ref frames':>10} {'found':>7} {'IoU med':>8} {'IoU min':>8} "
+              f"{'lmk med':>8} {'lmk max':>8}")
+        for name, a in AGREEMENT.items():
+            secs = {r["stage"]: r.get("seconds") for r in rows if r["set"] == name}
+            speed = secs["faces:full-frame"] / secs["faces"] if secs.get("faces") and secs.get("faces:full-frame") \
+                else float("nan")
+            if not a:
+                print(f"{name:<16} {speed:>7.1f}x (no pair of shards to compare)")
+                continue
+            print(f"{name:<16} {speed:>7.1f}x {a['reference_frames']:>10} {a['found']:>7.1%} {a['iou_median']:>8.3f} "
+                  f"{a['iou_min']:>8.3f} {a['landmark_median']:>8.3f} {a['landmark_max']:>8.3f}")
+        print("(landmark distance: largest of the 5 points, in face-box sizes)")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,30 @@ the expensive step and the part that does not change when a backbone is
 swapped: visual re-aligns from these stored landmarks, so trying another
 backbone never re-runs MTCNN.
 
-Detection: facenet-pytorch's MTCNN, batched, on uint8 tensors (its crop path
-fails on numpy frames; we never use the crop path). With ``detect_every = k``
-only every k-th frame (and the last) is detected; frames in between take the
+Detection: facenet-pytorch's MTCNN on uint8 tensors (its crop path fails on
+numpy frames; we never use the crop path). By default (``guided``) detection is
+track-guided (`pipeline.guided_detection`): while the subject is tracked, O-Net
+refines the predicted box, else MTCNN searches a region around it with the
+pyramid's smallest face set from the track's size; a full-frame detection runs
+when the track is lost, at a scene cut and every ``full_every`` detected frames.
+Every detected frame still gets its own detection and landmarks. ``guided:
+false`` detects every frame on the full frame, batched. With ``detect_every =
+k`` only every k-th frame (and the last) is detected; frames in between take the
 linear interpolation of the tracked box and landmarks of the detections around
-them (see `pipeline.tracking.fill_between`). ``detect_scale < 1`` detects on
-downscaled frames and maps boxes back, which pays off on HD video with large faces.
+them (see `pipeline.tracking.fill_between`). ``detect_scale < 1`` detects full
+frames downscaled and maps boxes back, which pays off on HD video with large
+faces (guided steps work on the track's own scale and ignore it).
 
 Tracking: one person per trial, chosen by the manifest's `subject` rule at the
 first frame with faces and then followed by position (`pipeline.tracking`).
+Lost-track policy: a track is lost after ``max_gap`` frames without a match or
+at once at a scene cut; every (re)acquisition starts a new track segment and is
+recorded (`acquisitions` rows: frame, segment, identity; reasons and counts in
+the attrs). A re-acquired face whose appearance signature matches the subject's
+(similarity >= ``identity_threshold``) is identity 0 again; otherwise it is
+marked as another identity (per frame `identity`, -1 where invalid), so
+training can mask or split those frames. The signature is no face recognition
+(see `pipeline.guided_detection.face_signatures` for what it separates).
 
 aligned_faces mode (manifest column set): the trial comes with pre-aligned face
 images ``<folder>/<k:05d>.jpg`` for 1-based frame k (the Aff-Wild2
@@ -39,7 +54,7 @@ from ..align import template_for_image
 from ..manifest import Trial
 from ..resources import get_model, resolve_device
 from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
-from ..tracking import TrackParams, fill_between, track_subject
+from ..tracking import SubjectTracker, TrackParams, fill_between, match
 
 #: frames decoded per chunk: bounded memory even for HD video (32 x 1080p RGB ~ 200 MB)
 DECODE_CHUNK = 32
@@ -110,12 +125,92 @@ def detect_batch(mtcnn: Any, frames: np.ndarray, scale: float = 1.0
     return out
 
 
+class _TrackedSearch:
+    """Per detection frame: search for the subject the cheapest way that is still a real detection.
+
+    With `guided` on and a live track, O-Net refines the predicted box, else MTCNN
+    searches a region around it (`pipeline.guided_detection`); a full-frame
+    detection runs when both fail, when there is no live track, at a scene cut, and
+    every `full_every` detected frames. Appearance signatures are computed only
+    when the tracker (re)acquires, for the faces it chooses among.
+    """
+
+    def __init__(self, settings: Any, mtcnn: Any, device: str, subject: str):
+        from ..backbones import load_backbone
+
+        self.s = settings
+        self.mtcnn = mtcnn
+        self.onet = get_model(("faces-signature-onet", device), lambda: load_backbone("onet", None, device))
+        self.tracker = SubjectTracker(subject, TrackParams(max_gap=int(settings.max_gap)),
+                                      identity_threshold=float(settings.identity_threshold))
+        self.since_full = 0
+        self.counts = {"refined": 0, "region": 0, "full": 0}
+        self.frames: list[int] = []
+        self.boxes: list[np.ndarray] = []
+        self.marks: list[np.ndarray] = []
+        self.scores: list[float] = []
+        self.segment: list[int] = []
+        self.identity: list[int] = []
+
+    def _guided(self, image: np.ndarray, predicted: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        from ..guided_detection import detect_in_region, refine_on_track
+
+        refined = refine_on_track(self.mtcnn, image, predicted)
+        if refined is not None:
+            self.counts["refined"] += 1
+            return refined[0][None], np.array([refined[1]]), refined[2][None]
+        region = detect_in_region(self.mtcnn, image, predicted)
+        if region is not None and match(predicted, region[0], self.tracker.params) is not None:
+            self.counts["region"] += 1
+            return region
+        return None
+
+    def frame(self, f: int, image: np.ndarray, cut: bool,
+              full: tuple[np.ndarray, np.ndarray, np.ndarray] | None | bool = False) -> None:
+        """Detect and track at frame `f` (`full`: a full-frame detection already run for it, or False)."""
+        from ..guided_detection import face_signatures
+
+        if cut:
+            self.tracker.cut()
+        predicted = self.tracker.predict(f)
+        dets = None
+        if full is False and self.s.guided and predicted is not None and self.since_full + 1 < int(self.s.full_every):
+            dets = self._guided(image, predicted)
+        if dets is None:
+            if full is False:
+                full = detect_batch(self.mtcnn, image[None], float(self.s.detect_scale))[0]
+            dets = full
+            self.counts["full"] += 1
+            self.since_full = 0
+        else:
+            self.since_full += 1
+        boxes = None if dets is None else dets[0]
+        signatures = None
+        if boxes is not None and len(boxes) and self.tracker.predict(f) is None:
+            signatures = face_signatures(self.onet, image, dets[2])
+        c = self.tracker.update(f, boxes, signatures)
+        self.frames.append(f)
+        if c >= 0:
+            self.boxes.append(dets[0][c])
+            self.scores.append(float(dets[1][c]))
+            self.marks.append(dets[2][c])
+            self.segment.append(self.tracker.segment)
+            self.identity.append(self.tracker.identity)
+        else:
+            self.boxes.append(np.full(4, np.nan))
+            self.scores.append(0.0)
+            self.marks.append(np.full((5, 2), np.nan))
+            self.segment.append(-1)
+            self.identity.append(-1)
+
+
 @register_stage
 class FacesStage(Stage):
     """Detect, track and keep the subject's face box and landmarks per frame (see module docstring)."""
 
     name = "faces"
-    version = 1
+    version = 2  # 2: track-guided detection by default, scene cuts, recorded (re)acquisitions and identities
     inputs = ("probe",)
     gpu_capable = True
 
@@ -126,6 +221,10 @@ class FacesStage(Stage):
         min_face_size: int = 20  # MTCNN's smallest face, in pixels of the detected (scaled) frame
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net thresholds
         max_gap: int = 30  # frames a track survives without a matching face before re-choosing
+        guided: bool = True  # track-guided detection (pipeline.guided_detection); False: full frame always
+        full_every: int = 30  # guided: a full-frame detection at least every this many detected frames
+        identity_threshold: float = 0.96  # appearance similarity for a re-acquired face to count as the subject
+        other_identities: str = "keep"  # keep: valid and marked in `identity`; invalid: not delivered at all
         batch_size: int = field(default=16, metadata=NOT_IN_KEY)
         device: str = field(default="auto", metadata=NOT_IN_KEY)
 
@@ -139,6 +238,12 @@ class FacesStage(Stage):
                 raise ValueError(f"faces.detect_scale must be in (0, 4], got {self.detect_scale}")
             if int(self.min_face_size) < 12:
                 raise ValueError(f"faces.min_face_size must be >= 12 (MTCNN's input), got {self.min_face_size}")
+            if self.other_identities not in ("keep", "invalid"):
+                raise ValueError(f"faces.other_identities must be 'keep' or 'invalid', got {self.other_identities!r}")
+            if int(self.full_every) < 1:
+                raise ValueError(f"faces.full_every must be >= 1, got {self.full_every}")
+            if not -1 <= float(self.identity_threshold) <= 1:
+                raise ValueError(f"faces.identity_threshold must be in [-1, 1], got {self.identity_threshold}")
             if int(self.max_gap) < 0 or int(self.batch_size) < 1:
                 raise ValueError("faces.max_gap must be >= 0 and faces.batch_size >= 1")
 
@@ -161,6 +266,7 @@ class FacesStage(Stage):
 
     def _detect_and_track(self, trial: Trial, n: int) -> StageOutput:
         from ..decode import iter_frames
+        from ..guided_detection import SceneCuts
 
         s = self.settings
         device = resolve_device(s.device)
@@ -172,43 +278,43 @@ class FacesStage(Stage):
         wanted[::k] = True
         if n:
             wanted[n - 1] = True  # the tail is bracketed by a detection, never extrapolated
-        det_frames: list[int] = []
-        detections: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
-        pending: list[np.ndarray] = []
-        seen = 0
-
-        def flush() -> None:
-            if pending:
-                detections.extend(detect_batch(mtcnn, np.stack(pending), float(s.detect_scale)))
-                pending.clear()
-
+        search = _TrackedSearch(self.settings, mtcnn, device, trial.subject)
+        cuts = SceneCuts()
+        cut_pending = False
+        seen = n_cuts = 0
         for start, chunk in iter_frames(trial.video, n, chunk=DECODE_CHUNK):
             seen = max(seen, start + len(chunk))
-            for i in np.flatnonzero(wanted[start:start + len(chunk)]):
-                det_frames.append(start + int(i))
-                pending.append(chunk[i])
-                if len(pending) >= int(s.batch_size):
-                    flush()
-        flush()
+            chunk_cuts = cuts.update(chunk)
+            n_cuts += int(chunk_cuts.sum())
+            idx = np.flatnonzero(wanted[start:start + len(chunk)])
+            full: dict = {} if s.guided else dict(zip(idx.tolist(), self._detect_all(mtcnn, chunk[idx])))
+            for i in range(len(chunk)):
+                cut_pending |= bool(chunk_cuts[i])
+                if wanted[start + i]:
+                    search.frame(start + i, chunk[i], cut_pending, full.get(i, False))
+                    cut_pending = False
         if seen < n:
             raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
 
-        chosen = track_subject(det_frames, [d[0] if d else None for d in detections], trial.subject,
-                               TrackParams(max_gap=int(s.max_gap)))
+        det_frames = np.asarray(search.frames, dtype=np.int64)
         m = len(det_frames)
-        boxes = np.full((m, 4), np.nan)
-        marks = np.full((m, 5, 2), np.nan)
-        scores = np.zeros(m)
-        for j, c in enumerate(chosen):
-            if c >= 0:
-                bx, pr, pt = detections[j]  # type: ignore[misc]
-                boxes[j], scores[j], marks[j] = bx[c], pr[c], pt[c]
-        found = chosen >= 0
-        valid, filled, tracked = fill_between(n, np.asarray(det_frames), found,
-                                              {"boxes": boxes, "landmarks": marks, "scores": scores})
+        found = np.asarray(search.segment, dtype=np.int64) >= 0
+        values = {"boxes": np.asarray(search.boxes).reshape(m, 4), "landmarks": np.asarray(search.marks).reshape(m, 5, 2),
+                  "scores": np.asarray(search.scores, dtype=np.float64),
+                  "segment": np.asarray(search.segment, dtype=np.float64),
+                  "identity": np.asarray(search.identity, dtype=np.float64)}
+        valid, filled, tracked = fill_between(n, det_frames, found, values, segments=values["segment"])
+        segment = np.where(valid, np.nan_to_num(filled["segment"], nan=-1), -1).astype(np.int32)
+        identity = np.where(valid, np.nan_to_num(filled["identity"], nan=-1), -1).astype(np.int32)
+        if s.other_identities == "invalid":  # another person's face is not the subject's: deliver nothing
+            drop = identity > 0
+            valid = valid & ~drop
+            for name in ("boxes", "landmarks", "scores"):
+                filled[name][drop] = np.nan
         if not valid.any():
             raise StageError("no-face", f"{trial.video}: no face found in any of {n} frames"
                                         + (f" ({m} run through the detector)" if m != n else ""))
+        acq = search.tracker.acquisitions
         return StageOutput(
             features=None,
             valid=valid,
@@ -216,6 +322,14 @@ class FacesStage(Stage):
                 "boxes": filled["boxes"].astype(np.float32),
                 "landmarks": filled["landmarks"].astype(np.float32),
                 "scores": np.nan_to_num(filled["scores"], nan=0.0).astype(np.float32),
+                "track_segment": segment,  # -1 where invalid; a new segment at every (re)acquisition
+                # 0 = the subject; 1.. = other people the track took (mask them; with other_identities
+                # 'invalid' they are already invalid here but keep their identity); -1: no face
+                "identity": identity,
+                # one row per (re)acquisition: frame, segment, identity (reasons in the attrs)
+                "acquisitions": np.array([[a.frame, a.segment, a.identity] for a in acq], dtype=np.int64
+                                         ).reshape(-1, 3),
+                "acquisition_similarity": np.array([a.similarity for a in acq], dtype=np.float32),
             },
             attrs={
                 "mode": "detect",
@@ -225,8 +339,27 @@ class FacesStage(Stage):
                 "tracked_frames": int(tracked.sum()),  # valid frames filled by the tracker between detections
                 "valid_frames": int(valid.sum()),
                 "subject": trial.subject,
+                "guided": bool(s.guided),
+                # how each detected frame was searched (track-guided: O-Net on the track, region, full frame)
+                "refined_frames": search.counts["refined"],
+                "region_frames": search.counts["region"],
+                "full_frames": search.counts["full"],
+                "scene_cuts": n_cuts,
+                "acquisitions_count": len(acq),
+                "acquisition_reasons": [a.reason for a in acq],
+                "identities": search.tracker.n_identities,
+                "other_identity_frames": int((identity > 0).sum()),
+                "other_identities": s.other_identities,
             },
         )
+
+    def _detect_all(self, mtcnn: Any, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """Full-frame detection of `frames` in batches of `batch_size` (the throughput path on a GPU)."""
+        s = self.settings
+        out: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        for a in range(0, len(frames), int(s.batch_size)):
+            out.extend(detect_batch(mtcnn, frames[a:a + int(s.batch_size)], float(s.detect_scale)))
+        return out
 
     def _from_aligned_images(self, trial: Trial, n: int) -> StageOutput:
         from PIL import Image, UnidentifiedImageError
