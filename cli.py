@@ -64,8 +64,11 @@ def _console():
 @click.option("--dry-run", is_flag=True, help="Print per stage what is cached, to compute, failed before; compute nothing.")
 @click.option("--retry-failed", is_flag=True, help="Re-run the (trial, stage) pairs in the failure ledger.")
 @click.option("--gpu", is_flag=True, help="GPU-capable stages ask Dask workers for resource GPU=1.")
+@click.option("--split-frames", type=click.IntRange(min=0), default=1800, show_default=True,
+              help="Trials longer than this many frames are cut into frame ranges that several workers share "
+                   "(faces without guided detection, visual); 0 never splits. Changes no result and no key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
-def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_failed, gpu, as_json):
+def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_failed, gpu, split_frames, as_json):
     """Extract features for every trial of a manifest into the shard cache."""
     import json
 
@@ -80,7 +83,8 @@ def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_
     try:
         summary = run_extract(manifest, cache=cache, config=config, stages=stage_list, scheduler=scheduler,
                               workers=workers, dry_run=dry_run, retry_failed=retry_failed,
-                              progress=not as_json, gpu=gpu, console=None if (as_json or dry_run) else console)
+                              progress=not as_json, gpu=gpu, console=None if (as_json or dry_run) else console,
+                              split_frames=split_frames)
     except (ManifestError, ConfigError, PlanError, CacheError, ValueError, OSError) as exc:
         raise _fail(exc) from None
     if as_json:

@@ -323,32 +323,114 @@ def _probe_main() -> None:
     sys.stdout.flush()
 
 
-def iter_frames(path: str | Path, n_frames: int, chunk: int = 64) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start_index, uint8 [c, H, W, 3] RGB)`` for frames 0..n_frames-1, `chunk` at a time.
+def estimate_frames(path: str | Path) -> int:
+    """Frames the container claims (header only, no decoding): enough to decide how to split work.
+
+    Never used as the frame grid (the probe counts what really decodes); 0 when unknown.
+    """
+    try:
+        with _open_container(Path(path), "not a readable media file") as c:
+            vs = _video_stream(c)
+            if vs is None:
+                return 0
+            if vs.frames:
+                return int(vs.frames)
+            rate = float(vs.average_rate) if vs.average_rate else 0.0
+            seconds = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else (
+                c.duration / 1e6 if c.duration else 0.0)
+            return int(seconds * rate)
+    except StageError:
+        return 0
+
+
+def _grid_ticks(times: np.ndarray, streams: _Streams) -> np.ndarray | None:
+    """The probe's times back as the stream's integer pts (exact: times are ticks x time base)."""
+    tb = streams.video_time_base
+    if tb is None:
+        return None
+    return np.rint(np.asarray(times, dtype=np.float64) / float(tb)).astype(np.int64) + streams.video_start_pts
+
+
+def _frames_from(path: Path, start: int, times: np.ndarray | None) -> Iterator[object]:
+    """Decoded pictures from frame `start` on, frame i being the probe's frame i.
+
+    With `start` > 0 and the probe's grid at hand, the demuxer seeks to the keyframe at or
+    before frame `start`'s pts and decoding runs forward from there, so a frame range costs
+    its own share of the video. Pictures are matched to the grid by pts: the first one must
+    be frame `start` and each next one the next pts of the grid. Where that does not hold
+    (an AVI with B-frames hands pictures the stamps of packets in decode order, a seek that
+    lands past the frame), it decodes from the start and counts instead: exact either way,
+    only slower.
+    """
+    if start > 0 and times is not None and start < len(times):
+        yielded = 0
+        try:
+            import av
+
+            streams = _stream_info(path)
+            ticks = _grid_ticks(times, streams)
+            if ticks is not None and np.all(np.diff(ticks) > 0):
+                with _open_container(path, "cannot open as video") as container:
+                    vs = _video_stream(container)
+                    vs.thread_count = DECODE_THREADS
+                    container.seek(int(ticks[start]), stream=vs, backward=True, any_frame=False)
+                    i = start
+                    for packet in container.demux(vs):
+                        for frame in packet.decode():
+                            if frame.pts is None:
+                                raise LookupError
+                            if i == start and frame.pts < ticks[start]:
+                                continue  # before the range: decoded only to reach it
+                            if i >= len(ticks) or frame.pts != ticks[i]:
+                                raise LookupError
+                            yield frame
+                            yielded += 1
+                            i += 1
+                    if i < len(ticks):
+                        raise LookupError
+                    return
+        except (LookupError, av.error.FFmpegError, ValueError):
+            start += yielded  # frames already handed out are not handed out again
+    i = 0
+    for _, frame in _Decoder(path):
+        if i >= start:
+            yield frame
+        i += 1
+
+
+def iter_frames(path: str | Path, n_frames: int, chunk: int = 64, start: int = 0,
+                times: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start_index, uint8 [c, H, W, 3] RGB)`` for frames start..n_frames-1, `chunk` at a time.
 
     The probe's decode loop (`_Decoder`), so frame i here is the frame the probe stamped
-    ``time[i]``; decoding stops after `n_frames` and nothing is seeked. RGB is PyAV's
-    ``to_ndarray(format="rgb24")`` (FFmpeg's swscale). Memory is one chunk (plus the
-    decoder's own buffers) whatever the video's length: 64 x 1080p RGB is ~400 MB, so
-    callers on HD video pass a smaller `chunk`.
+    ``time[i]``; decoding stops after `n_frames`. Chunks end at multiples of `chunk` counted
+    from frame 0, whatever `start` is, so a frame range sees the same chunks (and the stages
+    the same batches) as a whole-video pass: that keeps split work bit-identical. With
+    `start` > 0 pass the probe's `times` so decoding seeks to the range (`_frames_from`).
+    RGB is PyAV's ``to_ndarray(format="rgb24")`` (FFmpeg's swscale). Memory is one chunk
+    (plus the decoder's own buffers) whatever the video's length: 64 x 1080p RGB is ~400 MB,
+    so callers on HD video pass a smaller `chunk`.
     """
     path = Path(path)
     _check_exists(path)
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
-    if n_frames <= 0:
+    if n_frames <= start:
         return
     out: np.ndarray | None = None
-    i = 0
-    for _, frame in _Decoder(path):
+    i = start
+    first = start
+    for frame in _frames_from(path, start, times):
         rgb = frame.to_ndarray(format="rgb24")
-        j = i % chunk
-        if j == 0:
-            out = np.empty((min(chunk, n_frames - i),) + rgb.shape, dtype=np.uint8)
-        out[j] = rgb
+        if out is None:
+            first = i
+            end = min((i // chunk + 1) * chunk, n_frames)
+            out = np.empty((end - i,) + rgb.shape, dtype=np.uint8)
+        out[i - first] = rgb
         i += 1
-        if j == len(out) - 1:
-            yield i - len(out), out
+        if i - first == len(out):
+            yield first, out
+            out = None
             if i == n_frames:
                 return
     raise _corrupt(path, f"only {i} frames decode, the probe counted {n_frames}")
