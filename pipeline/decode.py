@@ -24,9 +24,9 @@ it: a damaged stream is not trusted to train on. A file that simply ends early (
 truncated download) is not an error: the frames that decode are the video.
 
 Why the probe runs in a child process: a decoder that hangs or crashes in native
-code cannot be interrupted from Python. The child reports JSON; the parent kills
-it after a size-dependent timeout and reports ``corrupt-media``. Starting it
-costs ~0.7 s per video, negligible next to decoding.
+code cannot be interrupted from Python. The parent kills it after a size-dependent
+timeout and reports ``corrupt-media``. The child stays up between videos
+(`_ProbeHelper`), so a worker pays the ~0.7 s interpreter start once, not per video.
 
 Time axis: frame i is stamped ``(pts_i - start_time) * time_base`` of the video
 stream, where pts_i is the i-th smallest pts among the decoded pictures (frames
@@ -59,7 +59,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -291,36 +290,116 @@ def probe_video(path: str | Path, *, isolate: bool = True, timeout: float | None
     if not isolate:
         return _probe_in_process(path)
     limit = probe_timeout(path) if timeout is None else float(timeout)
-    root = str(Path(__file__).resolve().parents[1])
-    code = (f"import sys; sys.path.insert(0, {root!r}); "
-            f"from {__package__}.decode import _probe_main; _probe_main()")
+    helper = _helper()
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                              timeout=limit, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    except subprocess.TimeoutExpired:
+        result = helper.ask(str(path), limit)
+    except TimeoutError:
+        helper.stop()
         raise _corrupt(path, f"decoder did not finish within {limit:.0f} s (hung); probe abandoned") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = (proc.stderr.strip().splitlines() or [""])[-1][:160]
-        raise _corrupt(path, f"decoder crashed (exit code {proc.returncode}){': ' + tail if tail else ''}")
-    result = json.loads(lines[-1])
+    except EOFError:
+        code, tail = helper.stop()
+        raise _corrupt(path, f"decoder crashed (exit code {code}){': ' + tail if tail else ''}") from None
     if "error" in result:
         raise StageError(result["error"], result["message"])
     return VideoProbe.from_json(json.dumps(result["probe"]))
 
 
-def _probe_main() -> None:
-    """Child-process entry point: print one JSON line (the probe, or the error)."""
+class _ProbeHelper:
+    """A child interpreter that probes one video per request (one JSON line in, one out), kept between videos.
+
+    Why a long-lived child: starting an interpreter that imports numpy and PyAV cost ~0.7 s
+    per video (what the probe paid before), a tenth of a short clip's whole extraction.
+    Isolation is unchanged: a hang is killed after the timeout, a crash ends the child
+    (the caller sees EOF); either way the next probe starts a fresh one. FFmpeg's log goes
+    to a file, never to a pipe that could fill up and block the child.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import tempfile
+
+        root = str(Path(__file__).resolve().parents[1])
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                f"from {__package__}.decode import _probe_serve; _probe_serve()")
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        self.buffer = bytearray()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, path: str, limit: float) -> dict:
+        import select
+        import time
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write((json.dumps(path) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            raise EOFError from None
+        deadline = time.monotonic() + limit
+        fd = self.proc.stdout.fileno()
+        while True:  # own line buffer: select() cannot see what a buffered reader already holds
+            nl = self.buffer.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buffer[:nl])
+                del self.buffer[:nl + 1]
+                if line.startswith(b"{"):
+                    return json.loads(line)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+
+    def stop(self) -> tuple[int | None, str]:
+        """End the child; its exit code and the last line it logged."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        self.log.close()
+        return code, (lines[-1][:160] if lines else "")
+
+
+_HELPERS = None
+
+
+def _helper() -> _ProbeHelper:
+    """This thread's probe child (threads of one worker probe in parallel), started when needed."""
+    global _HELPERS
+    import threading
+
+    if _HELPERS is None:
+        _HELPERS = threading.local()
+    helper = getattr(_HELPERS, "helper", None)
+    if helper is None or not helper.alive():
+        helper = _HELPERS.helper = _ProbeHelper()
+    return helper
+
+
+def _probe_serve() -> None:
+    """Child-process loop: a JSON path per line in, a JSON line (the probe, or the error) out; ends at EOF."""
     import warnings
 
     warnings.filterwarnings("ignore")
-    try:
-        probe = _probe_in_process(Path(sys.argv[1]))
-        out = {"probe": json.loads(probe.to_json())}
-    except StageError as exc:
-        out = {"error": exc.kind, "message": str(exc)}
-    sys.stdout.write("\n" + json.dumps(out) + "\n")
-    sys.stdout.flush()
+    while True:
+        line = sys.stdin.buffer.readline()  # not `for line in sys.stdin`: that reads ahead and waits
+        if not line:
+            return
+        try:
+            probe = _probe_in_process(Path(json.loads(line)))
+            out = {"probe": json.loads(probe.to_json())}
+        except StageError as exc:
+            out = {"error": exc.kind, "message": str(exc)}
+        sys.stdout.write("\n" + json.dumps(out) + "\n")
+        sys.stdout.flush()
 
 
 def estimate_frames(path: str | Path) -> int:
