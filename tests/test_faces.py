@@ -13,7 +13,7 @@ import pytest
 from pipeline.align import align_faces, similarity_transform, template, template_for_image, transform_points
 from pipeline.manifest import Trial
 from pipeline.stage import ShardData, StageError
-from pipeline.stages.faces import FacesStage, aligned_image_path
+from pipeline.stages.faces import FacesStage, aligned_image_path, mtcnn_weight_files
 from pipeline.tracking import TrackParams, choose_subject, fill_between, iou, match, track_subject
 
 CLIPS = ["cremad/1001_DFA_ANG_XX.flv", "cremad/1001_DFA_DIS_XX.flv", "cremad/1001_DFA_FEA_XX.flv",
@@ -362,8 +362,9 @@ def test_trial_params_and_inputs_carry_subject_and_aligned_faces(tmp_path):
     c = trial_for(tmp_path / "v.mp4", aligned_faces=tmp_path / "crops")
     assert stage.trial_params(a) != stage.trial_params(b) != stage.trial_params(c)
     assert stage.trial_params(b)["subject"] == "left"
-    assert stage.input_files(a) == [tmp_path / "v.mp4"]
-    assert stage.input_files(c) == [tmp_path / "v.mp4", tmp_path / "crops"]
+    weights = mtcnn_weight_files()  # MTCNN's weights are inputs of the key too (main's cache rewrite)
+    assert stage.input_files(a) == [tmp_path / "v.mp4", *weights]
+    assert stage.input_files(c) == [tmp_path / "v.mp4", tmp_path / "crops", *weights]
     keyed = stage.key_settings()
     assert "batch_size" not in keyed and "device" not in keyed and keyed["detect_every"] == 1
 

@@ -67,11 +67,9 @@ def aligned_image_path(folder: Path, frame: int) -> Path:
 
 def mtcnn_weight_files() -> list[Path]:
     """The P-, R- and O-net weight files that ship inside facenet-pytorch."""
-    import importlib.util
+    from ..backbones import facenet_data_dir
 
-    spec = importlib.util.find_spec("facenet_pytorch")  # without importing torch: planning stays light
-    data = Path(spec.origin).parent / "data" if spec and spec.origin else Path("facenet_pytorch/data")
-    return [data / f"{net}.pt" for net in ("pnet", "rnet", "onet")]
+    return [facenet_data_dir() / f"{net}.pt" for net in ("pnet", "rnet", "onet")]
 
 
 @functools.lru_cache(maxsize=1)
