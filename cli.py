@@ -221,7 +221,8 @@ def cache_gc(cache_dir, manifest, config, yes):
                    "neither in the cache index nor computable without their inputs (run `affpipe extract` "
                    "where the inputs are, then gc again)")
     n = len(plan.shards) + len(plan.leftovers)
-    click.echo(f"{n} file(s) {'removed' if yes else 'unreferenced (use --yes to delete)'}")
+    click.echo(f"{n} file(s) {'removed' if yes else 'unreferenced (use --yes to delete)'}"
+               + (f"; {len(plan.locks)} lock file(s) cleared" if plan.locks else ""))
 
 
 @main.group()

@@ -8,8 +8,9 @@
 - Timing on id2_vcd_swwp2s: each recognised word is paired with the aligned word (swwp2s.align) it
   overlaps most; it is "within" when both its start and its end lie within 0.1 s of that word's,
   otherwise (or with no overlapping word) it is counted as off.
-- Long audio: the shared clips' audio, looped with 2 s of silence between clips and 6 s of synthetic
-  music after every fourth, into an N-minute video (1 fps, 64x96 frames, PCM audio). Each length is
+- Long audio: the shared clips' audio, one clip every `--period` seconds (default 20; the rest is
+  silence, with 6 s of synthetic music in every other gap), into an N-minute video (1 fps, 64x96
+  frames, PCM audio). The rate depends on how much of it is speech (column "clip audio"). Each length is
   extracted (asr only) in a fresh subprocess so its peak RSS (VmHWM) is its own; the rate is audio
   seconds per wall second of the stage's compute, and per CPU second (what a busy machine cannot
   change).
@@ -122,8 +123,8 @@ def timing(media: Path, cache: Path) -> None:
           f"({same_within} of the {same_text} recognised correctly)")
 
 
-def long_video(media: Path, path: Path, minutes: float) -> tuple[Path, float]:
-    """Clips' audio looped with silence and music to `minutes`; returns (video, speech-clip seconds)."""
+def long_video(media: Path, path: Path, minutes: float, period: float) -> tuple[Path, float]:
+    """One clip every `period` s, silence and music between, `minutes` long; returns (video, clip seconds)."""
     import numpy as np
 
     from pipeline.decode import read_audio
@@ -134,10 +135,12 @@ def long_video(media: Path, path: Path, minutes: float) -> tuple[Path, float]:
     total = int(minutes * 60 * 16000)
     parts, n, k, speech = [], 0, 0, 0
     while n < total:
-        block = [clips[k % len(clips)], np.zeros(32000, np.float32)]
-        speech += len(clips[k % len(clips)])
-        if k % 4 == 3:
+        clip = clips[k % len(clips)]
+        speech += len(clip)
+        block = [clip, np.zeros(32000, np.float32)]
+        if k % 2 == 1:
             block.append(chord_music(6.0, seed=k))
+        block.append(np.zeros(max(0, int(period * 16000) - sum(len(b) for b in block)), np.float32))
         for b in block:
             parts.append(b)
             n += len(b)
@@ -148,12 +151,12 @@ def long_video(media: Path, path: Path, minutes: float) -> tuple[Path, float]:
     return path, speech / 16000
 
 
-def long_audio(media: Path, work: Path, config: dict, minutes: list[float]) -> None:
+def long_audio(media: Path, work: Path, config: dict, minutes: list[float], period: float) -> None:
     print("\n## Long audio (asr stage alone, fresh process per length)\n")
     print("| audio | clip audio in it | words | audio s / wall s | audio s / CPU s | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|")
     for m in minutes:
-        video, speech = long_video(media, work / f"long{m:g}.mkv", m)
+        video, speech = long_video(media, work / f"long{m:g}.mkv", m, period)
         manifest = work / f"long{m:g}.csv"
         manifest.write_text(f"trial,video,split\nlong,{video},train\n")
         cache = work / f"cache-long{m:g}"
@@ -165,9 +168,11 @@ def long_audio(media: Path, work: Path, config: dict, minutes: list[float]) -> N
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
     ap.add_argument("--minutes", default="1,10", help="lengths of the long-audio rows")
+    ap.add_argument("--period", type=float, default=20.0, help="seconds between clip starts in the long audio")
     ap.add_argument("--backend", default="pocketsphinx")
     ap.add_argument("--skip-long", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
@@ -180,7 +185,7 @@ def main() -> None:
         if not args.skip_accuracy:
             accuracy(args.media, work, config)
         if not args.skip_long:
-            long_audio(args.media, work, config, [float(x) for x in args.minutes.split(",")])
+            long_audio(args.media, work, config, [float(x) for x in args.minutes.split(",")], args.period)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class GcPlan:
     shards: list[Path] = field(default_factory=list)  # unreferenced shards
     leftovers: list[Path] = field(default_factory=list)  # temporaries, quarantined shards, lock files
     kept_unresolved: list[Path] = field(default_factory=list)  # unreferenced, but of a pair gc cannot judge
+    locks: list[Path] = field(default_factory=list)  # per-key lock files, cleared while the cache is held alone
 
 
 def _gc_plan(store: CacheStore, uses: list[tuple[list[Trial], Any]]) -> GcPlan:
@@ -139,10 +140,10 @@ def collect_garbage(cache: str | Path, uses: list[tuple[list[Trial], Any]], yes:
     with store.hold(exclusive=True, what="cache gc"):
         plan = _gc_plan(store, uses)
         locks = store.root / "locks"
-        plan.leftovers += sorted(locks.glob("*.lock")) if locks.is_dir() else []
+        plan.locks = sorted(locks.glob("*.lock")) if locks.is_dir() else []
         plan.leftovers += sorted((store.root / "index").glob(".*.tmp")) if (store.root / "index").is_dir() else []
         gone: dict[str, set[str]] = {}
-        for p in plan.shards + plan.leftovers:
+        for p in plan.shards + plan.leftovers + plan.locks:
             p.unlink(missing_ok=True)
         for p in plan.shards:
             gone.setdefault(_trial_of(p), set()).add(p.name.rsplit(".", 2)[1])

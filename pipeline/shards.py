@@ -96,10 +96,24 @@ def _dataset(h5: h5py.File, name: str, data: np.ndarray, frame_keyed: bool, dige
     h5.create_dataset(name, data=data, chunks=chunks, fletcher32=True)
 
 
-def finite_problems(arrays: dict[str, np.ndarray | None]) -> list[str]:
-    """Names and counts of float arrays holding NaN or Inf (stages must never write them)."""
+def finite_problems(n: int, time: np.ndarray | None, features: np.ndarray | None, valid: np.ndarray | None,
+                    extras: dict[str, np.ndarray], frame_keyed: list[str] | None = None) -> list[str]:
+    """Where a shard holds NaN/Inf that a reader could take for numbers (stages must never write them).
+
+    `time` and `features` must be finite everywhere. Float extras must be finite
+    where they describe something: on the rows flagged valid for frame-keyed
+    extras (the faces stage marks frames without a face by NaN boxes), everywhere
+    for the others (text's segment embeddings). `frame_keyed` names the
+    frame-keyed extras when their length is ambiguous; otherwise length decides.
+    """
+    rows = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     problems = []
-    for name, arr in arrays.items():
+    checks: list[tuple[str, np.ndarray | None]] = [("time", time), ("features", features)]
+    for name, arr in extras.items():
+        arr = np.asarray(arr)
+        keyed = (name in frame_keyed) if frame_keyed is not None else (arr.ndim >= 1 and arr.shape[0] == n)
+        checks.append((name, arr[rows] if keyed and arr.shape[:1] == (n,) else arr))
+    for name, arr in checks:
         if arr is None:
             continue
         arr = np.asarray(arr)
@@ -245,7 +259,10 @@ def verify_shard(path: Path) -> list[str]:
             for name in FRAME_KEYED:
                 if name in h5 and h5[name].shape[0] != n:
                     problems.append(f"/{name} has {h5[name].shape[0]} rows, n_frames is {n}")
-            problems += finite_problems({k: data.get(k) for k in ("time", "features")})
+            declared = _decode_attr(h5.attrs["frame_keyed_extras"]) if "frame_keyed_extras" in h5.attrs else None
+            extras = {k: v for k, v in data.items() if k not in FRAME_KEYED and np.asarray(v).dtype.kind in "fc"}
+            problems += finite_problems(n, data.get("time"), data.get("features"), data.get("valid"), extras,
+                                        declared if isinstance(declared, list) else None)
             frame = data.get("frame")
             if frame is not None and n and not np.array_equal(frame, np.arange(n)):
                 problems.append("/frame is not 0..n-1")

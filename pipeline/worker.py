@@ -88,7 +88,9 @@ def write_output(spec: dict[str, Any], stage: Stage, trial: Trial, upstream: dic
         time_grid = upstream["probe"].time
     n = int(time_grid.shape[0])
     _check_rows(spec["stage"], out, n)
-    bad = finite_problems({"time": time_grid, "features": out.features})
+    declared = out.attrs.get("frame_keyed_extras")
+    bad = finite_problems(n, time_grid, out.features, out.valid, out.extras,
+                          declared if isinstance(declared, list) else None)
     if bad:  # never cache numbers that would poison every experiment downstream
         raise StageError("non-finite", f"{spec['trial']['video']}: stage {spec['stage']} produced "
                                        f"{'; '.join(bad)}; nothing was written")

@@ -151,6 +151,8 @@ def test_moved_touched_and_deleted_videos_keep_every_shard(small, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli.main, ["predict", "--run", str(run), *base, "--split", "val", "--out", str(tmp_path / "sub")])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(cli.main, ["validate-submission", str(tmp_path / "sub"), *base, "--split", "val"])
+    assert res.exit_code == 0, res.output
     # gc resolves through the index: nothing of this manifest is garbage, though no video is here
     plan = collect_garbage(cache, [(read_manifest(new_manifest), None)])
     assert plan.shards == [] and not plan.kept_unresolved
@@ -343,3 +345,24 @@ def test_verify_repair_removes_bad_shards_and_gc_cleans_leftovers(small):
     assert res.exit_code == 0 and not leftover.exists() and not list((cache / "locks").glob("*.lock"))
     again = extract(manifest, cache=cache, stages=CHEAP, scheduler="sync", progress=False)
     assert again.counts["audio"]["done"] == 1 and verify_cache(cache).ok
+
+
+def test_nan_in_text_embeddings_is_damage_but_nan_boxes_of_faceless_frames_are_not(tmp_path):
+    from pipeline.shards import verify_shard, write_shard
+
+    n = 10
+    valid = np.ones(n, dtype=bool)
+    valid[3] = False
+    boxes = np.ones((n, 4), dtype=np.float32)
+    boxes[3] = np.nan  # no face on frame 3: NaN is the stage's "nothing here"
+    emb = np.ones((n, 8), dtype=np.float16)
+    base = dict(frame=np.arange(n), time=np.arange(n) / 25.0, features=np.ones((n, 2), np.float32), valid=valid)
+    ok = write_shard(tmp_path / "faces" / "t.0123456789abcdef0123.h5", **base, extras={"boxes": boxes},
+                     attrs={"trial": "t", "stage": "faces", "key": "0123456789abcdef0123"})
+    assert verify_shard(ok) == []
+    emb[2, 5] = np.nan  # a segment embedding is never "nothing here"
+    bad = write_shard(tmp_path / "text" / "t.0123456789abcdef0123.h5", **base,
+                      extras={"segment_embeddings": emb, "segment_index": np.zeros(n, np.int32)},
+                      attrs={"trial": "t", "stage": "text", "key": "0123456789abcdef0123",
+                             "frame_keyed_extras": ["segment_index"]})
+    assert verify_shard(bad) == ["/segment_embeddings holds 1 NaN/Inf value(s)"]

@@ -258,9 +258,13 @@ def test_real_dask_cluster(tmp_path, shared_media):
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        address = json.loads(sched_file.read_text())["address"]
+        address = None
+        while address is None and time.time() < deadline:  # dask writes the file in place: wait for all of it
+            try:
+                address = json.loads(sched_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.2)
+        assert address, f"dask scheduler wrote no address to {sched_file} within 60 s"
         for i in range(2):
             gpu = ["--resources", "GPU=1"] if i == 1 else []  # w1 plays the GPU worker
             procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",

@@ -70,6 +70,6 @@ def test_extract_prints_no_dashboard_or_weight_loading_noise_and_split_changes_r
     assert res.exit_code == 0, res.output
     counts = json.loads(res.output[res.output.index("{"):])["counts"]
     assert {stage: c["todo"] for stage, c in counts.items()} == \
-           {"probe": 0, "audio": 0, "text": 0, "labels": 0}, counts
+           {"probe": 0, "audio": 0, "asr": 0, "text": 0, "labels": 0}, counts
     assert counts["labels"]["cached"] == 2
     assert sorted(p.name for p in (cache / "shards" / "labels").glob("*.h5")) == labels_before

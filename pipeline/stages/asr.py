@@ -9,8 +9,8 @@ Audio: decoded exactly as the audio stage decodes it (`pipeline.decode.read_audi
 16 kHz, placed on the video's time axis), so word times share the probe's clock. Then Silero
 VAD finds speech, long speech is cut into bounded overlapping windows and stitched by time
 (`pipeline.asr.vad`), and each window goes to the recogniser (`pipeline.asr.backends`).
-Memory is flat in the video's length apart from the decoded track itself (4 bytes a sample,
-3.8 MB a minute), which the audio stage holds too.
+Recogniser memory is flat in the video's length; the decoded track is not (bench/asr.py measured
+peak RSS growing ~12 MiB a minute with the whole-track decode), as in the audio stage.
 
 Edge cases: silence, noise and music give no speech regions and so no words; a video without
 an audio track gives an empty, valid transcript (``has_audio = False``), not a failure. A word
