@@ -32,7 +32,7 @@ def list_cache(cache: str | Path) -> list[dict[str, Any]]:
     for path in store.iter_shards():
         stage = path.parent.name
         try:
-            attrs = read_attrs(path)
+            attrs = read_attrs(path, ("settings", "n_frames"))
             settings = json.dumps(attrs.get("settings", {}), sort_keys=True)
             frames = int(attrs.get("n_frames", 0))
         except ShardError:

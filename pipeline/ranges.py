@@ -69,7 +69,7 @@ def estimate_frames(upstream_probe: Path | None, video: Path) -> int:
         from .shards import read_attrs
 
         try:
-            return int(read_attrs(upstream_probe).get("n_frames", 0))
+            return int(read_attrs(upstream_probe, ("n_frames",)).get("n_frames", 0))
         except ShardError:
             pass
     from .decode import estimate_frames as from_header

@@ -433,7 +433,10 @@ class FacesStage(Stage):
                 # one row per (re)acquisition: frame, segment, identity (reasons in the attrs)
                 "acquisitions": np.array([[a.frame, a.segment, a.identity] for a in acq], dtype=np.int64
                                          ).reshape(-1, 3),
-                "acquisition_similarity": np.array([a.similarity for a in acq], dtype=np.float32),
+                # similarity to the subject's reference; -2 (outside [-1, 1]) where there was none to
+                # compare (the first acquisition): shards hold no NaN outside invalid frame rows
+                "acquisition_similarity": np.nan_to_num(np.array([a.similarity for a in acq], dtype=np.float32),
+                                                        nan=-2.0),
             },
             attrs={
                 "mode": "detect",
