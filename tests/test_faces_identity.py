@@ -8,7 +8,6 @@ subject as identity 0 when she returns.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import h5py
 import numpy as np
