@@ -11,21 +11,78 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import functools  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
 import click  # noqa: E402
 
+from fusion.head_names import HEAD_NAMES  # noqa: E402
+from pipeline.names import LOCAL_SCHEDULERS, SPLITS, STAGE_NAMES  # noqa: E402
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="affpipe")
-def main() -> None:
-    """affpipe: cached multimodal feature extraction and fusion training for valence/arousal."""
+# Conventions every command follows (README, "Command line"):
+# - the cache is `--cache/-c`, default `cache`; the manifest `--manifest/-m`; outputs `--out`;
+#   the run folder or submission folder a command works on is its positional argument;
+# - closed sets (stages, schedulers, heads, splits) are click choices: a bad value is a usage error (exit 2);
+# - library errors (bad input) are one line and exit 1 (`_cli_errors`); `extract` exits 3 for input verdicts;
+# - live progress, warnings and summaries go to stderr; results and `--json` go to stdout.
+# This module imports no torch, dask or numpy at import time: `affpipe --help` answers at once.
 
 
-# --- extraction commands (pipeline/) -------------------------------------------------------
+class SchedulerType(click.ParamType):
+    """``processes``, ``threads``, ``sync`` or ``tcp://HOST:PORT``: a closed set plus addresses."""
 
-SCHEDULER_HELP = "processes (local spawned workers, default), threads, sync, or tcp://HOST:PORT of a dask scheduler"
+    name = "scheduler"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(LOCAL_SCHEDULERS) + "|tcp://HOST:PORT]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if text in LOCAL_SCHEDULERS:
+            return text
+        if text.startswith("tcp://") and len(text) > len("tcp://"):
+            return text
+        self.fail(f"{value!r} is not one of {', '.join(LOCAL_SCHEDULERS)} or tcp://HOST:PORT", param, ctx)
 
 
-def _fail(exc: BaseException) -> click.ClickException:
+class StageListType(click.ParamType):
+    """Comma-separated stage names, each one of `STAGE_NAMES`."""
+
+    name = "stages"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "STAGE[,STAGE...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        unknown = [v for v in items if v not in STAGE_NAMES]
+        if unknown or not items:
+            self.fail(f"unknown stage(s) {', '.join(map(repr, unknown)) or repr(value)} "
+                      f"(choose from {', '.join(STAGE_NAMES)})", param, ctx)
+        return items
+
+
+SCHEDULER_HELP = "processes (local spawned workers), threads, sync, or tcp://HOST:PORT of a dask scheduler."
+
+
+def cache_option(help: str = "Shard cache folder (written by `affpipe extract`).") -> Callable:
+    """The one `--cache/-c` option: every command defaults to `cache` (the folder the README uses)."""
+    return click.option("--cache", "-c", "cache_dir", default="cache", show_default=True,
+                        type=click.Path(file_okay=False), help=help)
+
+
+def manifest_option(required: bool = True) -> Callable:
+    return click.option("--manifest", "-m", required=required, type=click.Path(dir_okay=False),
+                        help="Manifest CSV (one row per trial: trial, video, split, ...).")
+
+
+def split_option(default: str, help: str = "Split of the manifest.") -> Callable:
+    return click.option("--split", default=default, show_default=True, type=click.Choice(SPLITS), help=help)
+
+
+def _fail(exc: BaseException | str) -> click.ClickException:
     """One clear line for errors of bad input (the library's messages name file, line, column).
 
     An OSError (read-only folder, a path below a regular file, disk full) reads
@@ -37,6 +94,35 @@ def _fail(exc: BaseException) -> click.ClickException:
     else:
         text = str(exc) or type(exc).__name__
     return click.ClickException(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+
+
+def _is_library_error(exc: BaseException, also: tuple[type[BaseException], ...]) -> bool:
+    """Bad input, not a bug: ValueError/OSError, or an error class pipeline/ or fusion/ defines."""
+    if isinstance(exc, (ValueError, OSError) + also):
+        return True
+    return type(exc).__module__.split(".")[0] in ("pipeline", "fusion") and isinstance(exc, Exception)
+
+
+def _cli_errors(func: Callable | None = None, *, also: tuple[type[BaseException], ...] = ()) -> Callable:
+    """The one error mapping of every command: library errors -> one line on stderr, exit 1.
+
+    Bugs (TypeError, KeyError, AttributeError, ...) keep their traceback; click's
+    own exceptions and `SystemExit` (exit statuses chosen by the command) pass.
+    """
+    def wrap(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except (click.ClickException, click.exceptions.Exit, click.Abort):
+                raise
+            except Exception as exc:  # noqa: BLE001  (filtered just below)
+                if _is_library_error(exc, also):
+                    raise _fail(exc) from None
+                raise
+        return run
+
+    return wrap(func) if func is not None else wrap
 
 
 def _plain(text: object) -> str:
@@ -52,14 +138,23 @@ def _console():
     return Console(stderr=True)
 
 
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="affpipe")
+def main() -> None:
+    """affpipe: cached multimodal feature extraction and fusion training for valence/arousal."""
+
+
+# --- extraction commands (pipeline/) -------------------------------------------------------
+
+
 @main.command()
-@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Manifest CSV (trial, video, split, ...).")
-@click.option("--cache", "-c", default="cache", show_default=True, type=click.Path(file_okay=False),
-              help="Cache root (shared by all workers).")
-@click.option("--config", type=click.Path(dir_okay=False), help="Stage settings (JSON or TOML); see `affpipe config show`.")
-@click.option("--stages", help="Comma-separated subset of stages; their dependencies are pulled in.")
-@click.option("--scheduler", default="processes", show_default=True, help=SCHEDULER_HELP)
+@manifest_option()
+@cache_option("Cache root (shared by all workers).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Stage settings (JSON or TOML); see `affpipe config show`.")
+@click.option("--stages", type=StageListType(),
+              help=f"Comma-separated subset of {', '.join(STAGE_NAMES)}; their dependencies are pulled in.")
+@click.option("--scheduler", default="processes", show_default=True, type=SchedulerType(), help=SCHEDULER_HELP)
 @click.option("--workers", type=click.IntRange(min=1), help="Local workers (processes/threads).")
 @click.option("--dry-run", is_flag=True, help="Print per stage what is cached, to compute, failed before; compute nothing.")
 @click.option("--retry-failed", is_flag=True, help="Re-run the (trial, stage) pairs in the failure ledger.")
@@ -68,25 +163,23 @@ def _console():
               help="Trials longer than this many frames are cut into frame ranges that several workers share "
                    "(faces without guided detection, visual); 0 never splits. Changes no result and no key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
-def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_failed, gpu, split_frames, as_json):
-    """Extract features for every trial of a manifest into the shard cache."""
+@_cli_errors
+def extract(manifest, cache_dir, config_file, stages, scheduler, workers, dry_run, retry_failed, gpu, split_frames,
+            as_json):
+    """Extract features for every trial of a manifest into the shard cache.
+
+    Exit status: 0 every shard written; 3 some trials got input verdicts
+    (no-face, corrupt-media, ...: correct outcomes, training skips them); 1 errors.
+    """
     import json
 
-    from pipeline.config import ConfigError
-    from pipeline.manifest import ManifestError
-    from pipeline.plan import PlanError
     from pipeline.runner import extract as run_extract
-    from pipeline.store import CacheError
 
-    stage_list = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     console = _console()
-    try:
-        summary = run_extract(manifest, cache=cache, config=config, stages=stage_list, scheduler=scheduler,
-                              workers=workers, dry_run=dry_run, retry_failed=retry_failed,
-                              progress=not as_json, gpu=gpu, console=None if (as_json or dry_run) else console,
-                              split_frames=split_frames)
-    except (ManifestError, ConfigError, PlanError, CacheError, ValueError, OSError) as exc:
-        raise _fail(exc) from None
+    summary = run_extract(manifest, cache=cache_dir, config=config_file, stages=stages, scheduler=scheduler,
+                          workers=workers, dry_run=dry_run, retry_failed=retry_failed,
+                          progress=not as_json, gpu=gpu, console=None if (as_json or dry_run) else console,
+                          split_frames=split_frames)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
     elif dry_run:
@@ -107,7 +200,7 @@ def extract(manifest, cache, config, stages, scheduler, workers, dry_run, retry_
             console.print(f"... and {len(summary.failures) - 20} more in {_plain(summary.cache)}/ledger.jsonl")
         console.print(f"shards in {_plain(summary.cache)}; run summary {_plain(summary.summary_path)}")
     if not summary.ok and not dry_run:
-        status, line = _extract_outcome(summary, manifest, cache, config)
+        status, line = _extract_outcome(summary, manifest, cache_dir, config_file)
         click.echo(line, err=True)
         raise SystemExit(status)
 
@@ -152,66 +245,66 @@ def cache():
 
 
 @cache.command("ls")
-@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@cache_option()
+@_cli_errors
 def cache_ls(cache_dir):
-    """Per stage and settings: shards, trials, frames, bytes."""
+    """Per stage and settings: shards, trials, frames, bytes of the current shards; the others apart."""
     from pipeline.cache_admin import list_cache
 
-    rows = list_cache(cache_dir)
-    if not rows:
-        click.echo(f"{cache_dir}: no shards")
+    rows, other = list_cache(cache_dir)
+    if not rows and not other["shards"]:
+        click.echo(f"{cache_dir}: no shards", err=True)
         return
     click.echo(f"{'stage':<8} {'shards':>6} {'trials':>6} {'frames':>9} {'MiB':>9}  settings")
     for r in rows:
         click.echo(f"{r['stage']:<8} {r['shards']:>6} {r['trials']:>6} {r['frames']:>9} "
                    f"{r['bytes'] / 2**20:>9.2f}  {r['settings']}")
+    if other["shards"]:
+        click.echo(f"{other['shards']} other shard(s), {other['bytes'] / 2**20:.2f} MiB: superseded versions or not "
+                   "in the cache index (`affpipe cache gc` removes those no manifest+config uses)")
 
 
 @cache.command("verify")
-@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@cache_option()
 @click.option("--repair", is_flag=True, help="Delete bad shards (the next extract recomputes them).")
+@_cli_errors
 def cache_verify(cache_dir, repair):
     """Read every shard in full: checksums, schema, counts, finite values (exit 1 if any is bad)."""
     from pipeline.cache_admin import verify_cache
-    from pipeline.store import CacheError
 
-    try:
-        report = verify_cache(cache_dir, repair=repair)
-    except CacheError as exc:
-        raise _fail(exc) from None
+    report = verify_cache(cache_dir, repair=repair)
     for path, problems in report.bad.items():
         click.echo(f"{'REMOVED' if path in report.removed else 'BAD'} {path}: {'; '.join(problems)}")
     if report.temporaries:
-        click.echo(f"{len(report.temporaries)} leftover temporary file(s) of killed writers (removed by `cache gc --yes`)")
+        click.echo(f"{len(report.temporaries)} leftover temporary file(s) of killed writers "
+                   "(removed by `cache gc --yes`)", err=True)
     click.echo(f"checked {report.checked} shard(s), {len(report.bad)} bad"
                + (f", {len(report.removed)} removed" if repair else
                   (" (`affpipe cache verify --repair` removes them; `affpipe extract` recomputes them)"
-                   if report.bad else "")))
+                   if report.bad else "")), err=True)
     if not report.ok:
         raise SystemExit(1)
 
 
 @cache.command("gc")
-@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
-@click.option("--manifest", "-m", required=True, multiple=True, type=click.Path(dir_okay=False))
-@click.option("--config", multiple=True, type=click.Path(dir_okay=False),
+@cache_option()
+@click.option("--manifest", "-m", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Manifest whose trials' shards to keep (repeatable).")
+@click.option("--config", "config_file", multiple=True, type=click.Path(dir_okay=False),
               help="Config(s) whose shards to keep (repeatable; default settings when absent).")
 @click.option("--yes", is_flag=True, help="Really delete (otherwise only list).")
-def cache_gc(cache_dir, manifest, config, yes):
+@_cli_errors
+def cache_gc(cache_dir, manifest, config_file, yes):
     """Remove shards that no manifest+config references, and leftovers (dry run unless --yes).
 
     Needs no videos: shards are resolved through the cache index. Refused while an extract runs.
     """
     from pipeline.cache_admin import collect_garbage
-    from pipeline.config import ConfigError
-    from pipeline.manifest import ManifestError, read_manifest
-    from pipeline.store import CacheError
+    from pipeline.manifest import read_manifest
 
     try:
-        uses = [(read_manifest(m), cfg) for m in manifest for cfg in (config or (None,))]
+        uses = [(read_manifest(m), cfg) for m in manifest for cfg in (config_file or (None,))]
         plan = collect_garbage(cache_dir, uses, yes=yes)
-    except (ManifestError, ConfigError, CacheError) as exc:
-        raise _fail(exc) from None
     except OSError as exc:
         raise _fail(f"{exc.filename or cache_dir}: {exc.strerror or exc}") from None
     for p in plan.shards + plan.leftovers:
@@ -219,43 +312,49 @@ def cache_gc(cache_dir, manifest, config, yes):
     if plan.kept_unresolved:
         click.echo(f"kept {len(plan.kept_unresolved)} unreferenced shard(s) of trials whose current shard is "
                    "neither in the cache index nor computable without their inputs (run `affpipe extract` "
-                   "where the inputs are, then gc again)")
+                   "where the inputs are, then gc again)", err=True)
     n = len(plan.shards) + len(plan.leftovers)
     click.echo(f"{n} file(s) {'removed' if yes else 'unreferenced (use --yes to delete)'}"
-               + (f"; {len(plan.locks)} lock file(s) cleared" if plan.locks else ""))
+               + (f"; {len(plan.locks)} lock file(s) cleared" if plan.locks else ""), err=True)
 
 
 @main.group()
 def config():
-    """Stage settings."""
+    """Stage and training settings."""
 
 
 @config.command("show")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Resolve this file over the defaults.")
 @click.option("--preset", type=click.Choice(["default", "paper"]), help="Show a named preset.")
+@_cli_errors
 def config_show(config_file, preset):
-    """Print the resolved settings of every stage (JSON, usable as --config)."""
+    """Validate and print every setting, stages and training (JSON, usable as --config).
+
+    It refuses exactly what `extract` and `train` refuse (unknown names, wrong
+    types, out-of-range values), with the same one-line message.
+    """
     import json
 
-    from pipeline.config import ConfigError, show_config
+    from fusion.config import show_config
 
-    try:
-        resolved = show_config(config_file if config_file else ({"preset": preset} if preset else None))
-    except ConfigError as exc:
-        raise _fail(exc) from None
+    resolved = show_config(config_file if config_file else ({"preset": preset} if preset else None))
     click.echo(json.dumps(resolved, indent=2, sort_keys=True))
 
 
 @main.command()
-@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
-@click.option("--stage", help="Only this stage.")
-def failures(cache_dir, stage):
-    """List the failure ledger (latest entry per shard that still has no output)."""
+@cache_option()
+@click.option("--stages", type=StageListType(), help="Only these stages (comma-separated, as for extract).")
+@click.option("--stage", "stage_alias", type=click.Choice(STAGE_NAMES), hidden=True,
+              help="One stage (older spelling of --stages).")
+@_cli_errors
+def failures(cache_dir, stages, stage_alias):
+    """List the failure ledger (latest entry per shard that still has no output), tab-separated on stdout."""
     from pipeline.store import CacheStore
     from pipeline.verdicts import is_verdict
 
+    wanted = set(stages or ()) | ({stage_alias} if stage_alias else set())
     entries = CacheStore(cache_dir).failed_keys().values()
-    shown = [e for e in entries if not stage or e.stage == stage]
+    shown = [e for e in entries if not wanted or e.stage in wanted]
     for e in shown:
         click.echo(f"{e.trial}\t{e.stage}\t{e.kind}\t{e.message}")
     verdicts = sum(1 for e in shown if is_verdict(e.kind))
@@ -277,8 +376,8 @@ def transcripts_group() -> None:
 
 
 @transcripts_group.command("export")
-@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
-@click.option("--cache", "-c", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@manifest_option()
+@cache_option()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="Stage settings the asr shards were extracted with.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for <trial>.json / <trial>.srt.")
@@ -286,20 +385,18 @@ def transcripts_group() -> None:
               help="json keeps word timings and confidences; srt has one cue per speech region.")
 @click.option("--manifest-out", type=click.Path(dir_okay=False),
               help="Also write a manifest whose empty transcript cells point at the exported files.")
+@_cli_errors
 def transcripts_export(manifest, cache_dir, config_file, out, fmt, manifest_out):
     """Write the recognised words of every trial as JSON or SRT (the formats the text stage reads)."""
     from pipeline.asr.export import export_transcripts
-    from pipeline.config import ConfigError
-    from pipeline.manifest import ManifestError
 
-    try:
-        report = export_transcripts(manifest, cache_dir, out, fmt, config=config_file, manifest_out=manifest_out)
-    except (ManifestError, ConfigError, ValueError, OSError) as exc:
-        raise _fail(exc) from None
+    report = export_transcripts(manifest, cache_dir, out, fmt, config=config_file, manifest_out=manifest_out)
     click.echo(f"wrote {len(report.written)} transcript(s) to {out}"
-               + (f"; {len(report.empty)} without recognised words" if report.empty else ""))
+               + (f"; {len(report.empty)} without recognised words" if report.empty else "")
+               + (f"; {len(report.skipped)} skipped (their manifest transcript is used)" if report.skipped else ""),
+               err=True)
     if report.manifest is not None:
-        click.echo(f"manifest with transcripts: {report.manifest}")
+        click.echo(f"manifest with transcripts: {report.manifest}", err=True)
     if report.missing:
         shown = ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
         click.echo(f"{len(report.missing)} trial(s) have no asr shard for this config ({shown}); "
@@ -324,37 +421,21 @@ def manifest_group() -> None:
               help="ABAW test-set name list (e.g. Valence_Arousal_Estimation_Challenge_test_set_release.txt).")
 @click.option("--track", type=click.Choice(["VA", "EXPR", "AU"], case_sensitive=False), default="VA",
               show_default=True, help="Annotation track whose Train_Set/Validation_Set folders are used.")
+@_cli_errors
 def manifest_affwild2(root: Path, out: Path, test_list: Path | None, track: str) -> None:
     """Scan an Aff-Wild2 tree and write a manifest; exit 1 when no trial matched a video."""
-    from pipeline.affwild2 import AffWild2Error, build_affwild2_manifest, format_report
-    from pipeline.manifest import ManifestError
+    from pipeline.affwild2 import build_affwild2_manifest, format_report
 
     try:
         report = build_affwild2_manifest(root, out, track=track, test_list=test_list)
-    except (AffWild2Error, ManifestError) as exc:
-        raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"{exc.filename or out}: {exc.strerror or exc}") from None
-    click.echo(format_report(report))
+        raise _fail(f"{exc.filename or out}: {exc.strerror or exc}") from None
+    click.echo(format_report(report), err=True)
     if test_list is None and report.unused_videos:
-        click.echo("hint: no --test-list given; unused videos are often the test set")
+        click.echo("hint: no --test-list given; unused videos are often the test set", err=True)
 
 
 # --- training commands (fusion/) ------------------------------------------------------------
-
-
-def _fusion_errors():
-    """Library errors of the training side that mean bad input, not a bug (-> one line, exit 1)."""
-    from pipeline.config import ConfigError
-    from pipeline.manifest import ManifestError
-    from pipeline.reader import MissingShardsError
-    from pipeline.shards import ShardError
-    from pipeline.store import CacheError
-
-    from fusion.runs import FusionError
-
-    return (FusionError, ConfigError, ManifestError, MissingShardsError, ShardError, CacheError, ValueError,
-            OSError)
 
 
 def _warn_lines(lines) -> None:
@@ -366,11 +447,27 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _run_folder(positional: str | None, option: str | None) -> str:
+    """The run folder: positional (the convention) or the older `--run`, not both, not neither."""
+    if positional and option and positional != option:
+        raise click.UsageError(f"run folder given twice ({positional} and --run {option})")
+    run = positional or option
+    if not run:
+        raise click.UsageError("Missing argument 'RUN' (the run folder `affpipe train --out` wrote).")
+    return run
+
+
+def run_argument(f: Callable) -> Callable:
+    """RUN positional, plus the hidden `--run` older scripts use (same meaning)."""
+    f = click.option("--run", "run_option", type=click.Path(file_okay=False), hidden=True,
+                     help="Same as the RUN argument (older spelling).")(f)
+    return click.argument("run", required=False, type=click.Path(file_okay=False))(f)
+
+
 @main.command()
-@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
-@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False),
-              help="Shard cache filled by `affpipe extract`.")
-@click.option("--fusion", required=True, help="Fusion head (see `affpipe heads`).")
+@manifest_option()
+@cache_option()
+@click.option("--fusion", required=True, type=click.Choice(HEAD_NAMES), help="Fusion head (see `affpipe heads`).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create (or resume).")
 @click.option("--modalities", help="Comma-separated, e.g. visual,audio,text (default: the config's).")
 @click.option("--epochs", type=click.IntRange(min=0), help="Epochs (default: the config's).")
@@ -382,6 +479,7 @@ def _fmt(x) -> str:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (after a kill or for more epochs).")
 @click.option("--strict", is_flag=True,
               help="Refuse to train when some trials have input verdicts (no-face, ...) instead of skipping them.")
+@_cli_errors
 def train(manifest, cache_dir, fusion, out, modalities, epochs, fold, config_file, seed, resume, strict):
     """Train a fusion head on cached features; validate every epoch; write a run folder."""
     from fusion.train import train as run_train
@@ -389,44 +487,39 @@ def train(manifest, cache_dir, fusion, out, modalities, epochs, fold, config_fil
     try:
         result = run_train(manifest, cache_dir, fusion, out, modalities=modalities, epochs=epochs, fold=fold,
                            config=config_file, resume=resume, seed=seed, progress=True, strict=strict)
-    except _fusion_errors() as exc:
-        raise _fail(exc) from None
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; continue with `affpipe train ... --out {out} --resume`") from None
     best = result.best or {}
     click.echo(f"{out}: {result.epochs_run} epoch(s)" + (" (early stop)" if result.stopped_early else "")
                + (f"; best epoch {result.best_epoch}: val ccc_v {_fmt(best.get('ccc_v'))} "
-                  f"ccc_a {_fmt(best.get('ccc_a'))} mean {_fmt(best.get('mean'))}" if result.best_epoch else ""))
+                  f"ccc_a {_fmt(best.get('ccc_a'))} mean {_fmt(best.get('mean'))}" if result.best_epoch else ""),
+               err=True)
 
 
 @main.command()
 def heads():
     """List the fusion heads `affpipe train --fusion` accepts."""
-    from fusion.models import list_heads
-
-    for name in list_heads():
+    for name in HEAD_NAMES:
         click.echo(name)
 
 
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False))
-@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]),
-              help="Split as the run defined it (a fold run's val is its fold).")
-@click.option("--json", "as_json", is_flag=True, help="Print the full report (with per-trial CCC) as JSON.")
+@run_argument
+@manifest_option()
+@cache_option()
+@split_option("val", "Split as the run defined it (a fold run's val is its fold).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (with per-trial CCC) as JSON on stdout.")
 @click.option("--strict", is_flag=True,
               help="Refuse when some trials have input verdicts (no-face, ...) instead of skipping them.")
-def evaluate(run_dir, manifest, cache_dir, split, as_json, strict):
+@_cli_errors
+def evaluate(run, run_option, manifest, cache_dir, split, as_json, strict):
     """CCC of a run's best checkpoint: per dimension, mean, and per trial."""
     import json
 
     from fusion.evaluate import evaluate as run_evaluate
 
-    try:
-        result = run_evaluate(run_dir, manifest, cache_dir, split=split, progress=not as_json, strict=strict)
-    except _fusion_errors() as exc:
-        raise _fail(exc) from None
+    run_dir = _run_folder(run, run_option)
+    result = run_evaluate(run_dir, manifest, cache_dir, split=split, progress=not as_json, strict=strict)
     _warn_lines(result.warnings)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
@@ -440,61 +533,55 @@ def evaluate(run_dir, manifest, cache_dir, split, as_json, strict):
 
 
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False))
-@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False))
+@run_argument
+@manifest_option()
+@cache_option()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the <trial>.txt files.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
-def predict(run_dir, manifest, cache_dir, out, split):
+@split_option("test", "Split whose trials get a file.")
+@_cli_errors
+def predict(run, run_option, manifest, cache_dir, out, split):
     """Write ABAW submission files (<trial>.txt, one line per frame) from a run."""
     from fusion.predict import predict as run_predict
 
-    try:
-        result = run_predict(run_dir, manifest, cache_dir, out, split=split, progress=True)
-    except _fusion_errors() as exc:
-        raise _fail(exc) from None
-    click.echo(f"{out}: {len(result.files)} file(s), {result.n_frames} frame(s)")
+    result = run_predict(_run_folder(run, run_option), manifest, cache_dir, out, split=split, progress=True)
+    click.echo(f"{out}: {len(result.files)} file(s), {result.n_frames} frame(s)", err=True)
 
 
 @main.command("validate-submission")
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False))
-@click.option("--cache", "-c", "cache_dir", required=True, type=click.Path(file_okay=False),
-              help="Cache with the trials' probe shards (the frame counts).")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@manifest_option()
+@cache_option("Cache with the trials' probe shards (the frame counts).")
+@split_option("test", "Split the submission is for.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="Config the cache was extracted with (when not the defaults).")
+@_cli_errors
 def validate_submission(folder, manifest, cache_dir, split, config_file):
     """Check a submission folder: every file, header, line count, values; exit 1 listing every problem."""
     from fusion.predict import validate_submission as run_validate
 
-    try:
-        problems = run_validate(folder, manifest, cache_dir, split=split, config=config_file)
-    except _fusion_errors() as exc:
-        raise _fail(exc) from None
+    problems = run_validate(folder, manifest, cache_dir, split=split, config=config_file)
     for p in problems:
         click.echo(p)
     if problems:
         click.echo(f"{folder}: {len(problems)} problem(s)", err=True)
         raise SystemExit(1)
-    click.echo(f"{folder}: valid {split} submission")
+    click.echo(f"{folder}: valid {split} submission", err=True)
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the merged <trial>.txt files.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
-def ensemble(run_dirs, out, split):
-    """Merge fold runs' predictions (CCC centering) into one submission folder."""
+@split_option("test", "Split whose predictions to merge.")
+@_cli_errors
+def ensemble(sources, out, split):
+    """Merge fold runs' predictions (CCC centering) into one submission folder.
+
+    SOURCES are run folders or submission folders, mixed freely.
+    """
     from fusion.ensemble_cmd import ensemble as run_ensemble
 
-    try:
-        result = run_ensemble(run_dirs, out, split=split)
-    except _fusion_errors() as exc:
-        raise _fail(exc) from None
-    click.echo(f"{out}: {len(result.files)} file(s) merged from {result.n_inputs} inputs")
-
-
+    result = run_ensemble(sources, out, split=split)
+    click.echo(f"{out}: {len(result.files)} file(s) merged from {result.n_inputs} inputs", err=True)
 
 
 # --- the main job on the embedded default dataset --------------------------------------------
@@ -503,30 +590,32 @@ def ensemble(run_dirs, out, split):
 @main.command()
 @click.option("--root", default="demo", show_default=True, type=click.Path(file_okay=False),
               help="Where the demo dataset, run and submission go.")
-@click.option("--cache", "-c", default="cache", show_default=True, type=click.Path(file_okay=False))
-@click.option("--fusion", default="rjcma", show_default=True, help="Fusion head to train.")
-@click.option("--scheduler", default="processes", show_default=True, help=SCHEDULER_HELP)
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@cache_option()
+@click.option("--fusion", default="rjcma", show_default=True, type=click.Choice(HEAD_NAMES),
+              help="Fusion head to train.")
+@click.option("--scheduler", default="processes", show_default=True, type=SchedulerType(), help=SCHEDULER_HELP)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Local workers.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the demo's epoch count.")
-def demo(root, cache, fusion, scheduler, workers, epochs):
+@click.option("--trials", default=8, show_default=True, type=click.IntRange(min=3),
+              help="Trials in the demo dataset (split about 5:2:1 into train, val, test).")
+@click.option("--seconds", default=6.0, show_default=True, type=click.FloatRange(min=2.0),
+              help="Length of each demo trial (a smaller dataset is a quicker smoke test).")
+@_cli_errors(also=(RuntimeError,))
+def demo(root, cache_dir, fusion, scheduler, workers, epochs, trials, seconds):
     """Build the embedded dataset, extract every stage, train, evaluate and predict."""
     from fusion.demo_job import run_demo
 
-    console = _console()
-    try:
-        result = run_demo(root, cache, fusion=fusion, scheduler=scheduler, workers=workers, epochs=epochs,
-                          console=console)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise _fail(exc) from None
+    result = run_demo(root, cache_dir, fusion=fusion, scheduler=scheduler, workers=workers, epochs=epochs,
+                      console=_console(), trials=trials, seconds=seconds)
 
     def fmt(r):
         return f"CCC valence {r['ccc_v']:.3f}  arousal {r['ccc_a']:.3f}  mean {r['mean']:.3f}"
 
-    click.echo(f"validation ({len(result.val['per_trial'])} trials): {fmt(result.val)}")
-    click.echo(f"test       ({len(result.test['per_trial'])} trials): {fmt(result.test)}")
-    click.echo(f"shards:     {result.cache}")
-    click.echo(f"run:        {result.run}  (metrics.jsonl, plots/, best.pt)")
-    click.echo(f"submission: {result.submission}")
+    click.echo(f"validation ({len(result.val['per_trial'])} trials): {fmt(result.val)}", err=True)
+    click.echo(f"test       ({len(result.test['per_trial'])} trials): {fmt(result.test)}", err=True)
+    click.echo(f"shards:     {result.cache}", err=True)
+    click.echo(f"run:        {result.run}  (metrics.jsonl, plots/, best.pt)", err=True)
+    click.echo(f"submission: {result.submission}", err=True)
 
 
 if __name__ == "__main__":

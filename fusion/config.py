@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, load_config_file
+from pipeline.settings import build_settings
 
 DEFAULT_STAGE_MAP = {"visual": "visual", "audio": "audio", "text": "text"}
 
@@ -67,8 +68,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self, source: str = "config") -> "TrainConfig":
-        """Reject values that would fail later with an obscure error (or silently train nothing)."""
+    def __post_init__(self) -> None:
+        # the one place training settings are checked: `train`, `evaluate` and `config show` all build this
+        problems = self.problems()
+        if problems:
+            raise ConfigError(f"train.{problems[0]}")
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values (empty when nothing): ones that would fail later obscurely."""
         checks = [
             (self.window >= 1, "window must be >= 1"),
             (1 <= self.hop <= self.window, "hop must be between 1 and window"),
@@ -89,51 +96,34 @@ class TrainConfig:
             (self.n_folds >= 2, "n_folds must be >= 2"),
             (self.plot_trials >= 0, "plot_trials must be >= 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"{source}: train.{message}")
+        return [message for ok, message in checks if not ok]
+
+    def validate(self, source: str = "config") -> "TrainConfig":
+        """Check again after fields were changed in place (CLI overrides such as ``--epochs``)."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(f"{source}: train.{problems[0]}")
         return self
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _check_type(name: str, value: Any, source: str) -> Any:
-    default = TrainConfig()
-    ref = getattr(default, name)
-    bad = False
-    if isinstance(ref, bool):
-        bad = not isinstance(value, bool)
-    elif isinstance(ref, int):
-        bad = isinstance(value, bool) or not isinstance(value, int)
-    elif isinstance(ref, float):
-        bad = isinstance(value, bool) or not isinstance(value, (int, float))
-        value = float(value) if not bad else value
-    elif isinstance(ref, str):
-        bad = not isinstance(value, str)
-    elif isinstance(ref, list):
-        if isinstance(value, str):  # "visual,audio" is accepted like the CLI flag
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        bad = not isinstance(value, list) or not all(isinstance(v, str) for v in value)
-    elif isinstance(ref, dict):
-        bad = not isinstance(value, dict)
-    if bad:
-        raise ConfigError(f"{source}: train.{name} has the wrong type ({type(value).__name__}; "
-                          f"expected {type(ref).__name__})")
-    return value
-
-
 def train_config_from_dict(values: dict[str, Any] | None, source: str = "config") -> TrainConfig:
-    """Build a TrainConfig from a ``train`` section; unknown keys and wrong types are errors."""
+    """A TrainConfig from a ``train`` section, through the settings schema every stage uses.
+
+    Values are coerced or refused by `pipeline.settings.build_settings` (unknown
+    names and wrong types are errors), then checked by `TrainConfig.__post_init__`.
+    Two conveniences on top: ``modalities`` may be ``"visual,audio"`` like the CLI
+    flag, and a partial ``stage_map`` extends the defaults instead of replacing them.
+    """
     values = dict(values or {})
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown train setting(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(_FIELDS))})")
-    kwargs = {name: _check_type(name, value, source) for name, value in values.items()}
-    if "stage_map" in kwargs:  # partial maps extend the defaults instead of replacing them
-        kwargs["stage_map"] = {**DEFAULT_STAGE_MAP, **kwargs["stage_map"]}
-    return TrainConfig(**kwargs).validate(source)
+    if isinstance(values.get("modalities"), str):
+        values["modalities"] = [v.strip() for v in values["modalities"].split(",") if v.strip()]
+    try:
+        cfg = build_settings(TrainConfig, values, "train")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if "stage_map" in values:
+        cfg.stage_map = {**DEFAULT_STAGE_MAP, **cfg.stage_map}
+    return cfg
 
 
 def load_config(path: str | Path | None) -> tuple[TrainConfig, dict[str, Any]]:
@@ -147,4 +137,25 @@ def load_config(path: str | Path | None) -> tuple[TrainConfig, dict[str, Any]]:
     return train_config_from_dict(train, source=str(path)), data
 
 
-__all__ = ["ConfigError", "TrainConfig", "load_config", "train_config_from_dict", "DEFAULT_STAGE_MAP"]
+def show_config(config: dict[str, Any] | str | Path | None = None) -> dict[str, Any]:
+    """The whole resolved config, stages and training, every default filled in (`affpipe config show`).
+
+    It goes through the same schema as `extract` (stage settings) and `train`
+    (`train_config_from_dict`), so it refuses exactly what they refuse. Imports
+    no torch: the command answers in well under a second.
+    """
+    from pipeline.config import show_config as show_stages
+
+    resolved = show_stages(config)
+    if isinstance(config, (str, Path)):
+        train = load_config_file(config).get("train")
+        source = str(config)
+    else:
+        train, source = (config or {}).get("train"), "config"
+    if train is not None and not isinstance(train, dict):
+        raise ConfigError(f"{source}: 'train' must be an object")
+    resolved["train"] = train_config_from_dict(train, source=source).to_dict()
+    return resolved
+
+
+__all__ = ["ConfigError", "TrainConfig", "load_config", "train_config_from_dict", "show_config", "DEFAULT_STAGE_MAP"]

@@ -39,8 +39,13 @@ class DemoResult:
 
 def run_demo(root: str | Path = "demo", cache: str | Path = "cache", fusion: str = "rjcma",
              scheduler: str = "processes", workers: int | None = 2, epochs: int | None = None,
-             progress: bool = True, console: Any = None) -> DemoResult:
-    """Build (or reuse) the demo data, extract into `cache`, train `fusion`, evaluate and predict."""
+             progress: bool = True, console: Any = None, trials: int = 8, seconds: float = 6.0) -> DemoResult:
+    """Build (or reuse) the demo data, extract into `cache`, train `fusion`, evaluate and predict.
+
+    `trials` and `seconds` size the dataset (the default is the README's demo); a
+    smaller one (3 trials of 2 s: one per split) runs the same chain in a fraction
+    of the time, which is what the tests use.
+    """
     from pipeline.demo import build_demo_dataset
     from pipeline.runner import extract
 
@@ -50,7 +55,7 @@ def run_demo(root: str | Path = "demo", cache: str | Path = "cache", fusion: str
 
     root = Path(root)
     say = console.print if console is not None else (lambda *a, **k: None)
-    manifest = build_demo_dataset(root / "data")
+    manifest = build_demo_dataset(root / "data", n_trials=trials, seconds=seconds)
     say(f"[bold]1/4[/bold] demo dataset: {manifest}")
     config = root / "config.json"
     train_cfg = dict(DEMO_TRAIN, **({"epochs": epochs} if epochs is not None else {}))

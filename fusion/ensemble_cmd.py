@@ -45,7 +45,7 @@ def read_source(folder: Path, split: str) -> dict[str, np.ndarray]:
         files = sorted(pred_dir.glob("*.csv")) if pred_dir.is_dir() else []
         if not files:
             raise FusionError(f"{folder}: no {split} predictions in the run; run "
-                              f"`affpipe predict --run {folder} --split {split} ...` first")
+                              f"`affpipe predict {folder} --split {split} ...` first")
         return {p.stem: read_prediction_csv(p) for p in files}
     files = sorted(folder.glob("*.txt"))
     if not files:

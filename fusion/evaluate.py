@@ -290,8 +290,10 @@ def _progress(enabled: bool, title: str):
     if not enabled:
         yield _Bar()
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # stderr: stdout carries only results (`affpipe evaluate --json`), progress never mixes in
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as p:
+                  transient=True, console=Console(stderr=True)) as p:
         yield _Bar(p, title)

@@ -557,8 +557,11 @@ class _TrainProgress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            from rich.console import Console
+
+            # stderr: stdout carries only results (`affpipe ... --json`), progress never mixes in
             self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), transient=True)
+                              TimeRemainingColumn(), transient=True, console=Console(stderr=True))
             self.p.__enter__()
         return self
 

@@ -3,12 +3,34 @@
 Python API (mirrors the CLI):
     pipeline.extract(manifest, cache="cache", config=None, stages=None, scheduler="processes")
     pipeline.open_cache(cache, manifest, config=None).load(trial, ["visual", "audio", "labels"])
+
+The names below are resolved on first use (module ``__getattr__``), so that
+``import pipeline.manifest`` or ``affpipe config show`` does not pay for Dask,
+h5py and the runner: the package is imported by every submodule import.
 """
 from __future__ import annotations
 
-from .manifest import ManifestError, Trial, read_manifest, write_manifest
-from .reader import CacheReader, MissingShardsError, TrialArrays, open_cache
-from .runner import ExtractSummary, extract
+import importlib
+from typing import Any
 
-__all__ = ["extract", "open_cache", "read_manifest", "write_manifest", "Trial", "ManifestError",
-           "CacheReader", "TrialArrays", "MissingShardsError", "ExtractSummary"]
+#: public name -> submodule that defines it
+_EXPORTS = {
+    "extract": "runner", "ExtractSummary": "runner",
+    "open_cache": "reader", "CacheReader": "reader", "TrialArrays": "reader", "MissingShardsError": "reader",
+    "read_manifest": "manifest", "write_manifest": "manifest", "Trial": "manifest", "ManifestError": "manifest",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone_specs import BACKBONES, BackboneSpec, get_spec  # noqa: F401  (re-exported)
 from .stage import StageError
 
 FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
@@ -33,23 +34,6 @@ IR50_HINT = ("download an IR-50 checkpoint trained on MS-Celeb-1M, e.g. face.evo
              "'backbone_ir50_ms1m_epoch120.pth' (linked from github.com/ZhaoJ9014/face.evoLVe, "
              "'Model Zoo'), and name its path in the visual stage's `weights` setting")
 RANDOM_SEED = 0
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What the visual stage needs to know about an architecture without loading it."""
-
-    name: str
-    input_size: int  # square input side in pixels
-    mean: float  # input = (rgb_uint8 - mean) / std
-    std: float
-    dim: int
-    resize_mode: str  # torch interpolate mode from the aligned crop to input_size
-    #: (weights path or None, random) -> (torch module in eval mode, weights identity)
-    build: Callable[[str | None, bool], tuple[nn.Module, str]]
-    #: crop geometry the network was trained on: "template" (5-point warp, `pipeline.align.align_faces`)
-    #: or "box" (MTCNN box + margin at input_size, `pipeline.align.box_crops`)
-    crop: str
 
 
 @dataclass
@@ -227,24 +211,11 @@ def _build_onet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
     return ONetEmbedding(net), sha256_file(path)
 
 
-#: Inputs as each network's training code fed them: facenet-pytorch's fixed_image_standardization
-#: ((x - 127.5) / 128) on 160 px MTCNN box crops; face.evoLVe's Normalize(mean 0.5, std 0.5) on
-#: [0, 1] pixels, i.e. (x - 127.5) / 127.5, on 112 px template-aligned faces; ONet's own
-#: (x - 127.5) / 128 (its MTCNN preprocessing) on template-aligned faces area-resized to 48.
-BACKBONES: dict[str, BackboneSpec] = {
-    "onet": BackboneSpec("onet", 48, 127.5, 128.0, 256, "area", _build_onet, "template"),
-    "facenet": BackboneSpec("facenet", 160, 127.5, 128.0, 512, "bilinear", _build_facenet, "box"),
-    "ir50": BackboneSpec("ir50", 112, 127.5, 127.5, 512, "bilinear", _build_ir50, "template"),
+#: name -> (weights path or None, random) -> (torch module in eval mode, weights identity);
+#: the specs (sizes, normalisation, crop) are in `pipeline.backbone_specs`, which imports no torch.
+BUILDERS: dict[str, Callable[[str | None, bool], tuple[nn.Module, str]]] = {
+    "onet": _build_onet, "facenet": _build_facenet, "ir50": _build_ir50,
 }
-
-
-def get_spec(name: str) -> BackboneSpec:
-    """Spec for `name` ("random:<arch>" shares <arch>'s spec); a clear error for unknown names."""
-    arch = name.split(":", 1)[1] if name.startswith("random:") else name
-    if arch not in BACKBONES:
-        known = ", ".join(list(BACKBONES) + [f"random:{k}" for k in BACKBONES])
-        raise ValueError(f"unknown backbone {name!r} (known: {known})")
-    return BACKBONES[arch]
 
 
 def load_backbone(name: str, weights: str | None = None, device: str = "cpu") -> LoadedBackbone:
@@ -253,7 +224,7 @@ def load_backbone(name: str, weights: str | None = None, device: str = "cpu") ->
     random = name.startswith("random:")
     if random and weights:
         raise ValueError(f"backbone {name!r} uses random weights; do not also name a weight file ({weights})")
-    module, weights_id = spec.build(weights, random)
+    module, weights_id = BUILDERS[spec.name](weights, random)
     module = module.to(device).eval()
     return LoadedBackbone(spec=spec, module=module, weights_id=weights_id, device=device)
 

@@ -18,18 +18,44 @@ from .index import TrialIndex
 from .manifest import Trial
 from .reader import CacheReader
 from .shards import ShardError, read_attrs, verify_shard
-from .store import CacheStore
+from .store import KEY_CHARS, CacheStore
 
 
 def _trial_of(path: Path) -> str:
     return path.name.rsplit(".", 2)[0]
 
 
-def list_cache(cache: str | Path) -> list[dict[str, Any]]:
-    """One row per (stage, settings): shards, trials, frames, bytes. Unreadable shards are counted apart."""
+def current_keys(store: CacheStore) -> set[tuple[str, str]]:
+    """(trial, key prefix) of every shard the index names as the latest version of a recipe."""
+    index = TrialIndex(store.root)
+    out: set[tuple[str, str]] = set()
+    folder = store.root / "index"
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        trial = f.name[: -len(".json")]
+        for recipes in index.load(trial).values():
+            for versions in recipes.values():
+                if versions:
+                    latest = max(versions, key=lambda v: v.get("time", 0))
+                    out.add((trial, str(latest.get("key", ""))[:KEY_CHARS]))
+    return out
+
+
+def list_cache(cache: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rows per (stage, settings) of *current* shards (shards, trials, frames, bytes), and the others' totals.
+
+    Current = the latest version extract recorded for a recipe (`pipeline.index`);
+    the others are superseded versions (an input changed) or shards no index names
+    (older caches): counted apart so frames are never summed across versions.
+    """
     store = CacheStore(cache)
+    current = current_keys(store)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    other = {"shards": 0, "bytes": 0}
     for path in store.iter_shards():
+        if (_trial_of(path), path.name.rsplit(".", 2)[1]) not in current:
+            other["shards"] += 1
+            other["bytes"] += path.stat().st_size
+            continue
         stage = path.parent.name
         try:
             attrs = read_attrs(path, ("settings", "n_frames"))
@@ -47,7 +73,7 @@ def list_cache(cache: str | Path) -> list[dict[str, Any]]:
     for row in rows.values():
         row["trials"] = len(row["trials"])
         out.append(row)
-    return sorted(out, key=lambda r: (r["stage"], r["settings"]))
+    return sorted(out, key=lambda r: (r["stage"], r["settings"])), other
 
 
 @dataclass

@@ -36,8 +36,12 @@ class PlanError(ValueError):
     """Unknown stage names or a stage graph that cannot be ordered."""
 
 
-def stage_order(selected: Iterable[str] | None) -> list[str]:
-    """Selected stages plus everything they depend on, in dependency order."""
+def stage_order(selected: Iterable[str] | None, stages: dict[str, Stage] | None = None) -> list[str]:
+    """Selected stages plus everything they depend on, in dependency order.
+
+    With `stages` (configured instances) a stage's dependencies are the
+    instance's: text with ``asr_fallback: false`` does not pull in asr.
+    """
     from . import stages as _register  # noqa: F401
 
     wanted = list(selected) if selected else list(STAGES)
@@ -53,7 +57,7 @@ def stage_order(selected: Iterable[str] | None) -> list[str]:
         if name in visiting:
             raise PlanError(f"stage dependency cycle through {name!r}")
         visiting.add(name)
-        for dep in STAGES[name].inputs:
+        for dep in (stages[name] if stages and name in stages else STAGES[name]).inputs:
             visit(dep)
         visiting.discard(name)
         order.append(name)

@@ -160,10 +160,13 @@ class StageProgress:
 
     def __enter__(self) -> "StageProgress":
         if self.enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            # stderr, like every live display: stdout carries only results (`--json`)
             self._progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), transient=False)
+                                      TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), transient=False,
+                                      console=Console(stderr=True))
             self._progress.__enter__()
             for s in self.order:
                 self._ids[s] = self._progress.add_task(s, total=self.total[s], counts="")
@@ -244,7 +247,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
         raise ValueError(f"unknown scheduler {scheduler!r}: use processes, threads, sync or tcp://HOST:PORT")
     trials = read_manifest(manifest) if not isinstance(manifest, list) else manifest
     stage_objs = build_stages(config)
-    order = stage_order(stages)
+    order = stage_order(stages, stage_objs)
     store = CacheStore(cache)
     if not dry_run:
         store.ensure_writable()

@@ -31,21 +31,9 @@ from torch import nn
 
 from .stage import StageError
 
-SAMPLE_RATE = 16000
-WINDOW = 400  # 25 ms
-HOP = 160  # 10 ms
-FFT = 512
-N_MELS = 64
-F_MIN, F_MAX = 125.0, 7500.0
-LOG_OFFSET = 0.01
-PATCH_FRAMES = 96  # 0.96 s of 10 ms frames per example
-EMBEDDING_DIM = 128
-#: What the last layer's output goes through: nothing (the seeds' choice) or torchvggish's ReLU.
-EMBEDDINGS = ("linear", "relu")
-
-WEIGHTS_FILE = "vggish-10086976.pth"
-WEIGHTS_URL = f"https://github.com/harritaylor/torchvggish/releases/download/v0.1/{WEIGHTS_FILE}"
-WEIGHTS_ENV = "AFFPIPE_VGGISH_WEIGHTS"
+from .vggish_params import (  # noqa: F401  (the constants, re-exported: `vggish.SAMPLE_RATE` reads as before)
+    EMBEDDING_DIM, EMBEDDINGS, F_MAX, F_MIN, FFT, HOP, LOG_OFFSET, N_MELS, PATCH_FRAMES, SAMPLE_RATE, WEIGHTS_ENV,
+    WEIGHTS_FILE, WEIGHTS_URL, WINDOW)
 
 
 # -- front end ---------------------------------------------------------------------

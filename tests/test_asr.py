@@ -172,12 +172,14 @@ def test_extract_fills_text_from_asr_when_the_manifest_has_no_transcript(asr_cac
     manifest, cache, clips = asr_cache
     for clip in clips:
         text = text_shard(cache, clip.stem)
-        words = words_from_extras(asr_shard(cache, clip.stem).extras)
-        assert words, clip.stem  # every clip has speech
-        if "swwp2s" in clip.stem:  # manifest transcript wins over recognition
+        asr = asr_shard(cache, clip.stem)
+        words = words_from_extras(asr.extras)
+        if "swwp2s" in clip.stem:  # manifest transcript wins: recognition is not even run
+            assert not words and asr.attrs["skipped"] == "the manifest has a transcript"
             assert text.attrs["transcript"].endswith("swwp2s.align")
             assert list(text.extras["segment_text"]) == "set white with p two soon".split()
         else:
+            assert words, clip.stem  # every clip has speech
             assert text.attrs["transcript"].startswith("asr pocketsphinx ")
             assert list(text.extras["segment_text"]) == [s.text for s in transcript_segments(words)]
             assert text.valid.any()
@@ -192,10 +194,11 @@ def test_exported_transcripts_read_back_as_the_same_text(asr_cache, tmp_path):
     res = CliRunner().invoke(cli.main, ["transcripts", "export", "-m", str(manifest), "-c", str(cache),
                                         "--out", str(out), "--manifest-out", str(filled)])
     assert res.exit_code == 0, res.output
-    assert sorted(p.stem for p in out.glob("*.json")) == sorted(c.stem for c in clips)
+    assert sorted(p.stem for p in out.glob("*.json")) == sorted(c.stem for c in clips if "swwp2s" not in c.stem)
+    assert "1 skipped (their manifest transcript is used)" in res.output
     res = CliRunner().invoke(cli.main, ["transcripts", "export", "-m", str(manifest), "-c", str(cache),
                                         "--out", str(tmp_path / "srt"), "--format", "srt"])
-    assert res.exit_code == 0 and len(list((tmp_path / "srt").glob("*.srt"))) == 4
+    assert res.exit_code == 0 and len(list((tmp_path / "srt").glob("*.srt"))) == 3
     summary = extract(filled, cache=cache, stages=["text"], scheduler="sync", progress=False)
     assert summary.ok and summary.counts["text"]["done"] == 3  # swwp2s kept its own transcript: cached
     for clip in clips:

@@ -366,3 +366,17 @@ def test_nan_in_text_embeddings_is_damage_but_nan_boxes_of_faceless_frames_are_n
                       attrs={"trial": "t", "stage": "text", "key": "0123456789abcdef0123",
                              "frame_keyed_extras": ["segment_index"]})
     assert verify_shard(bad) == ["/segment_embeddings holds 1 NaN/Inf value(s)"]
+
+
+def test_cache_ls_counts_current_shards_and_the_others_apart(small):
+    manifest, cache = small
+    rows = read_manifest(manifest)
+    shutil.copy(rows[2].video, rows[1].video)  # one video replaced: its shards are superseded on re-extract
+    again = extract(manifest, cache=cache, stages=CHEAP, scheduler="sync", progress=False)
+    assert again.counts["probe"]["done"] == 1
+    res = CliRunner().invoke(cli.main, ["cache", "ls", "--cache", str(cache)])
+    assert res.exit_code == 0, res.output
+    table = {line.split()[0]: line.split()[1:4] for line in res.output.splitlines()[1:] if line.split()[0] in CHEAP}
+    n = sum(probe_video(t.video).n_decoded for t in rows)
+    assert table["probe"] == ["4", "4", str(n)]  # shards, trials, frames: one version per trial
+    assert "3 other shard(s)" in res.output  # the replaced video's old probe, audio and labels

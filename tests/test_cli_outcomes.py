@@ -42,6 +42,12 @@ def test_frames_smaller_than_mtcnn_minimum_are_a_no_face_verdict(tmp_path: Path)
     assert listed.exit_code == 0
     assert "tiny\tfaces\tno-face" in listed.output and "1 input verdict(s)" in listed.output
     assert "--retry-failed" not in listed.output
+    # --stages filters as extract's does: rows on stdout, the count on stderr
+    only = CliRunner().invoke(cli.main, ["failures", "--cache", str(tmp_path / "cache"), "--stages", "faces,visual"])
+    assert only.exit_code == 0 and only.stdout.startswith("tiny\tfaces\tno-face\t") and only.stdout.count("\n") == 1
+    assert "1 input verdict(s)" in only.stderr and "tiny" not in only.stderr
+    other = CliRunner().invoke(cli.main, ["failures", "--cache", str(tmp_path / "cache"), "--stages", "probe"])
+    assert other.exit_code == 0 and other.stdout == "" and "0 open failure(s)" in other.stderr
 
 
 def test_markup_in_a_failure_message_is_printed_literally(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def test_word_and_segment_granularity(tmp_path, clip, probe):
 
 def test_trial_without_transcript_is_all_invalid(tmp_path, clip, probe, text_stage):
     t = trial(clip, name="no_text", split="test")
-    assert text_stage.input_files(t) == []
+    assert [p.name for p in text_stage.input_files(t)] == ["model.safetensors"]  # only the model's weights
     out = text_stage.run(t, {"probe": probe})
     assert not out.valid.any() and out.extras["segment_embeddings"].shape == (0, 384)
     features, valid = expand_text(roundtrip(tmp_path, out, probe, "empty"))

@@ -1,9 +1,10 @@
 """`affpipe transcripts export`: the `asr` stage's words as files a person can read and correct.
 
-Which shard belongs to a trial is decided by the same plan `extract` uses (manifest + config),
-so the export is always of the words the text stage would read for that config, never of a
-stale shard left by other settings. Trials whose `asr` shard is not in the cache are reported,
-not guessed. With ``manifest_out`` a copy of the manifest is written whose `transcript` column
+Which shard belongs to a trial is decided by the cache reader (manifest + config, resolved
+through the cache index, so the videos need not be here), so the export is always of the words
+the text stage would read for that config, never of a stale shard left by other settings.
+Trials whose `asr` shard is not in the cache are reported, not guessed; trials the stage skipped
+because the manifest already has their transcript are listed apart. With ``manifest_out`` a copy of the manifest is written whose `transcript` column
 points at the exported files for trials that had none: correct the files, extract with that
 manifest, and the corrected transcripts win over recognition.
 """
@@ -14,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import build_stages
 from ..manifest import read_manifest, write_manifest
-from ..plan import make_plan, stage_order
+from ..reader import open_cache
 from ..shards import read_shard
-from ..store import CacheStore
 from .words import words_from_extras, write_transcript
 
 FORMATS = ("json", "srt")
@@ -29,6 +28,7 @@ class ExportReport:
     written: dict[str, Path] = field(default_factory=dict)  # trial -> file
     empty: list[str] = field(default_factory=list)  # no words recognised (SRT: nothing written)
     missing: list[str] = field(default_factory=list)  # no asr shard for this config in the cache
+    skipped: list[str] = field(default_factory=list)  # the manifest has their transcript: not recognised
     manifest: Path | None = None
 
 
@@ -38,24 +38,26 @@ def export_transcripts(manifest: str | Path, cache: str | Path, out: str | Path,
     if fmt not in FORMATS:
         raise ValueError(f"unknown transcript format {fmt!r} (use {' or '.join(FORMATS)})")
     trials = read_manifest(manifest)
-    tasks = make_plan(trials, build_stages(config), stage_order(["asr"]), CacheStore(cache))
+    reader = open_cache(cache, trials, config)
     out = Path(out)
     report = ExportReport()
-    for task in tasks:
-        if task.stage != "asr":
+    for trial in trials:
+        res = reader.status(trial.trial, "asr")
+        if res.status != "cached" or res.path is None:
+            report.missing.append(trial.trial)
             continue
-        if task.status != "cached" or task.path is None:
-            report.missing.append(task.trial.trial)
+        shard = read_shard(res.path)
+        if shard.attrs.get("skipped"):
+            report.skipped.append(trial.trial)
             continue
-        shard = read_shard(task.path)
         words = words_from_extras(shard.extras)
         if not words:
-            report.empty.append(task.trial.trial)
+            report.empty.append(trial.trial)
             if fmt == "srt":  # SubRip cannot say "no speech": an empty file is not a transcript
                 continue
         source = {"stage": "asr", "key": shard.key, "backend": shard.attrs.get("backend"),
-                  "model": shard.attrs.get("model"), "video": str(task.trial.video)}
-        report.written[task.trial.trial] = write_transcript(out / f"{task.trial.trial}.{fmt}", words, source)
+                  "model": shard.attrs.get("model"), "video": str(trial.video)}
+        report.written[trial.trial] = write_transcript(out / f"{trial.trial}.{fmt}", words, source)
     if manifest_out is not None:
         filled = [t if t.transcript is not None or t.trial not in report.written
                   else dataclasses.replace(t, transcript=report.written[t.trial].resolve()) for t in trials]

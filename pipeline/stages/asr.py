@@ -63,6 +63,9 @@ class AsrStage(Stage):
         max_chunk_s: float = 30.0  # longest speech region decoded at once (longer speech is split)
         overlap_s: float = 1.0  # audio added on each side of a split inside speech before decoding
         min_confidence: float = 0.0  # words below this confidence are dropped
+        #: "untranscribed": only trials without a manifest transcript (the text stage reads the manifest's
+        #: words for the others, so recognising them would only cost time); "all": every trial
+        trials: str = "untranscribed"
         device: str = field(default="auto", metadata=NOT_IN_KEY)
 
         def __post_init__(self) -> None:
@@ -80,13 +83,23 @@ class AsrStage(Stage):
                 raise ValueError(f"asr.overlap_s must be in [0, max_chunk_s], got {self.overlap_s}")
             if int(self.beam_size) < 1:
                 raise ValueError("asr.beam_size must be >= 1")
+            if self.trials not in ("untranscribed", "all"):
+                raise ValueError(f"asr.trials must be 'untranscribed' or 'all', got {self.trials!r}")
 
     def __init__(self, settings: Any = None):
         super().__init__(settings)
         self.gpu_capable = self.settings.backend == "faster-whisper"
 
+    def _skips(self, trial: Trial) -> bool:
+        return self.settings.trials == "untranscribed" and trial.transcript is not None
+
     # -- key ---------------------------------------------------------------------
+    def trial_params(self, trial: Trial) -> dict[str, Any]:
+        return {"trial": trial.trial, "skipped": self._skips(trial)}
+
     def input_files(self, trial: Trial) -> list[Path]:
+        if self._skips(trial):
+            return []  # nothing is read: an empty transcript, so a broken video cannot block text
         files = [trial.video, vad.silero_path()]
         if self.settings.backend == "pocketsphinx":
             files += backends.pocketsphinx_model_files()
@@ -113,6 +126,10 @@ class AsrStage(Stage):
     # -- compute -------------------------------------------------------------------
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
         s = self.settings
+        if self._skips(trial):
+            return StageOutput(features=None, valid=None, extras=words_to_extras([], np.zeros((0, 2))),
+                               attrs={"backend": s.backend, "skipped": "the manifest has a transcript",
+                                      "frame_keyed_extras": [], "n_words": 0})
         recognizer = self.recognizer()  # first: a missing model is a config error, even for silent videos
         attrs: dict[str, Any] = {"backend": s.backend, **recognizer.identity(), "sample_rate": vad.SAMPLE_RATE,
                                  "vad": "silero-vad", "frame_keyed_extras": []}

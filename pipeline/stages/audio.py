@@ -53,13 +53,21 @@ from typing import Any
 
 import numpy as np
 
-from .. import vggish as vg
+from .. import vggish_params as vg
 from ..decode import AudioTrack, read_audio
 from ..manifest import Trial
 from ..resources import get_model, resolve_device
 from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
 
 MODELS = ("mfcc", "logmel", "vggish")
+
+
+def _vggish():
+    """`pipeline.vggish` (torch), imported when audio is computed, not when settings are checked."""
+    from .. import vggish
+
+    return vggish
+
 DIMS = {"mfcc": 39, "logmel": vg.PATCH_FRAMES * vg.N_MELS, "vggish": vg.EMBEDDING_DIM}
 WINDOW_S = 0.025
 HOP_S = 0.010
@@ -166,7 +174,7 @@ def log_mel_rows(samples: np.ndarray, block_rows: int = BLOCK_ROWS, pad_rows: in
     out = np.empty((total, vg.N_MELS), dtype=np.float32)
     for r0 in range(0, total, block_rows):
         r1 = min(total, r0 + block_rows)
-        out[r0:r1] = vg.log_mel(_zero_padded(samples, r0 * vg.HOP, (r1 - 1) * vg.HOP + vg.WINDOW, pad))
+        out[r0:r1] = _vggish().log_mel(_zero_padded(samples, r0 * vg.HOP, (r1 - 1) * vg.HOP + vg.WINDOW, pad))
     return out
 
 
@@ -222,7 +230,7 @@ class AudioStage(Stage):
         files = [trial.video]
         if self.settings.model == "vggish":
             try:  # the checkpoint's content is part of what the features depend on
-                files.append(vg.resolve_weights(self.settings.weights, download=False))
+                files.append(_vggish().resolve_weights(self.settings.weights, download=False))
             except StageError:
                 pass  # reported by run(), per trial, with download instructions
         return files
@@ -240,10 +248,10 @@ class AudioStage(Stage):
                                  if s.model == "mfcc" else "0.96 s patch centred on t, hop = frame period"}
         model = None
         if s.model == "vggish":  # weights first: a missing file is a config error, even for silent videos
-            path = vg.resolve_weights(s.weights)
+            path = _vggish().resolve_weights(s.weights)
             device = resolve_device(s.device)
             model, sha = get_model(("audio-vggish", str(path.resolve()), device, s.embedding),
-                                   lambda: vg.load_vggish(path, device, s.embedding))
+                                   lambda: _vggish().load_vggish(path, device, s.embedding))
             attrs.update(weights=sha, weights_file=path.name, embedding=s.embedding, postprocess="none")
 
         try:

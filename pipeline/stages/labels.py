@@ -84,12 +84,12 @@ class LabelsStage(Stage):
         #: Largest accepted |annotation lines - decoded frames|; None accepts any (counts are kept).
         max_mismatch: int | None = None
 
-    def __init__(self, settings: Any = None):
-        super().__init__(settings)
-        if self.settings.policy not in POLICIES:
-            raise ValueError(f"labels policy {self.settings.policy!r} is not one of {', '.join(POLICIES)}")
-        if self.settings.max_mismatch is not None and int(self.settings.max_mismatch) < 0:
-            raise ValueError(f"labels max_mismatch must be >= 0 or None, got {self.settings.max_mismatch}")
+        def __post_init__(self) -> None:
+            # here, not in the stage's __init__: `affpipe config show` must refuse what extract refuses
+            if self.policy not in POLICIES:
+                raise ValueError(f"labels policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+            if self.max_mismatch is not None and int(self.max_mismatch) < 0:
+                raise ValueError(f"labels max_mismatch must be >= 0 or None, got {self.max_mismatch}")
 
     def dim(self) -> int:
         return 2

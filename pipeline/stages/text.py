@@ -171,15 +171,17 @@ class TextStage(Stage):
         batch_size: int = field(default=64, metadata=NOT_IN_KEY)
         device: str = field(default="auto", metadata=NOT_IN_KEY)
 
+        def __post_init__(self) -> None:
+            # here, not in the stage's __init__: `affpipe config show` must refuse what extract refuses
+            if self.granularity not in GRANULARITIES:
+                raise ValueError(f"text granularity {self.granularity!r} is not one of {', '.join(GRANULARITIES)}")
+            if int(self.batch_size) < 1:
+                raise ValueError(f"text batch_size must be >= 1, got {self.batch_size}")
+            if not isinstance(self.asr_fallback, bool):
+                raise ValueError(f"text asr_fallback must be true or false, got {self.asr_fallback!r}")
+
     def __init__(self, settings: Any = None):
         super().__init__(settings)
-        if self.settings.granularity not in GRANULARITIES:
-            raise ValueError(f"text granularity {self.settings.granularity!r} is not one of "
-                             f"{', '.join(GRANULARITIES)}")
-        if int(self.settings.batch_size) < 1:
-            raise ValueError(f"text batch_size must be >= 1, got {self.settings.batch_size}")
-        if not isinstance(self.settings.asr_fallback, bool):
-            raise ValueError(f"text asr_fallback must be true or false, got {self.settings.asr_fallback!r}")
         self.inputs = ("probe", "asr") if self.settings.asr_fallback else ("probe",)
 
     # -- key ---------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..align import align_faces, box_crops
-from ..backbones import get_spec, load_backbone, weights_file
+from ..backbone_specs import get_spec
 from ..manifest import Trial
 from ..resources import get_model, resolve_device
 from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
@@ -84,6 +84,8 @@ class VisualStage(Stage):
         files = [trial.video]
         if trial.aligned_faces:
             files.append(trial.aligned_faces)
+        from ..backbones import weights_file  # torch: only when a key or a model is needed
+
         wfile = weights_file(self.settings.backbone, self.settings.weights)
         if wfile is not None:
             files.append(wfile)
@@ -94,6 +96,8 @@ class VisualStage(Stage):
                 "aligned_faces": trial.aligned_faces is not None}
 
     def _backbone(self):
+        from ..backbones import load_backbone, weights_file
+
         s = self.settings
         device = resolve_device(s.device)
         # the file's identity is in the model-cache key too: a long-lived worker must not
