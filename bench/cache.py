@@ -118,7 +118,7 @@ def planning_rows(root: Path, trials: int) -> list[tuple[str, str, str]]:
         assert s.computed() == 0, s.counts
         out.append((label, f"{trials} trials x {len(stages)} stages", f"{dt:.2f} s"))
     t0 = time.perf_counter()
-    listed = sum(r["shards"] for r in list_cache(cache))
+    listed = sum(r["shards"] for r in list_cache(cache)[0])
     out.append(("cache ls", f"{listed} shards", f"{time.perf_counter() - t0:.2f} s"))
     t0 = time.perf_counter()
     report = verify_cache(cache)

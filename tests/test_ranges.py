@@ -109,7 +109,7 @@ def test_kill_mid_assembly_leaves_no_half_shard_and_parts_are_no_shards(tmp_path
         pytest.fail("the kill never landed between the last part and the assembled shard")
     # what a killed assembly leaves: parts (and maybe a half-written temporary), never a faces shard
     assert not _shards(cache, "faces")
-    assert [r["stage"] for r in list_cache(cache)] == ["probe"]
+    assert [r["stage"] for r in list_cache(cache)[0]] == ["probe"]
     report = verify_cache(cache)
     assert report.ok and report.checked == 1
     assert {Path(p).name for p in report.temporaries} >= {p.name for p in parts}
