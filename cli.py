@@ -159,9 +159,13 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print per stage what is cached, to compute, failed before; compute nothing.")
 @click.option("--retry-failed", is_flag=True, help="Re-run the (trial, stage) pairs in the failure ledger.")
 @click.option("--gpu", is_flag=True, help="GPU-capable stages ask Dask workers for resource GPU=1.")
+@click.option("--split-frames", type=click.IntRange(min=0), default=1800, show_default=True,
+              help="Trials longer than this many frames are cut into frame ranges that several workers share "
+                   "(faces without guided detection, visual); 0 never splits. Changes no result and no key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @_cli_errors
-def extract(manifest, cache_dir, config_file, stages, scheduler, workers, dry_run, retry_failed, gpu, as_json):
+def extract(manifest, cache_dir, config_file, stages, scheduler, workers, dry_run, retry_failed, gpu, split_frames,
+            as_json):
     """Extract features for every trial of a manifest into the shard cache.
 
     Exit status: 0 every shard written; 3 some trials got input verdicts
@@ -174,7 +178,8 @@ def extract(manifest, cache_dir, config_file, stages, scheduler, workers, dry_ru
     console = _console()
     summary = run_extract(manifest, cache=cache_dir, config=config_file, stages=stages, scheduler=scheduler,
                           workers=workers, dry_run=dry_run, retry_failed=retry_failed,
-                          progress=not as_json, gpu=gpu, console=None if (as_json or dry_run) else console)
+                          progress=not as_json, gpu=gpu, console=None if (as_json or dry_run) else console,
+                          split_frames=split_frames)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
     elif dry_run:

@@ -1,5 +1,6 @@
 """What cache integrity and content identity cost: checksums on writes and window reads, full
-verification, planning a fully cached re-run of an Aff-Wild2-sized manifest.
+verification; and the engine at Aff-Wild2 size: planning 600 trials on an empty cache, a fully
+cached re-run (issue 12's target: under 5 s), `cache ls` and `cache verify` on 3600 shards.
 
     python bench/cache.py [--frames 30000] [--trials 600]
 
@@ -83,8 +84,10 @@ def checksum_rows(root: Path, frames: int, dim: int = 512) -> list[tuple[str, st
 
 
 def planning_rows(root: Path, trials: int) -> list[tuple[str, str, str]]:
+    """Engine scale (issue 12): planning, a fully cached re-run, `cache ls`/`verify` at Aff-Wild2 size."""
     from fusion.synthetic_cache import write_synthetic_cache
     from pipeline import extract
+    from pipeline.cache_admin import list_cache, verify_cache
     from pipeline.manifest import Trial, read_manifest, write_manifest
 
     videos = root / "videos"
@@ -97,16 +100,30 @@ def planning_rows(root: Path, trials: int) -> list[tuple[str, str, str]]:
         rows_m.append(Trial(trial=f"trial{i:04d}", video=v, split="train"))
     manifest = write_manifest(rows_m, root / "m.csv")
     cache = root / "cache"
-    lengths = {t.trial: 120 for t in rows_m}
-    write_synthetic_cache(cache, read_manifest(manifest), lengths, {"audio": 39})
-    stages = ["probe", "audio", "labels"]
+    stages = ["probe", "faces", "visual", "audio", "labels"]
     out = []
+    t0 = time.perf_counter()
+    s = extract(manifest, cache=cache, stages=stages, scheduler="sync", progress=False, dry_run=True)
+    out.append(("plan on an empty cache (dry run, cold memo)", f"{trials} trials x {len(stages)} stages",
+                f"{time.perf_counter() - t0:.2f} s"))
+    assert sum(c["todo"] for c in s.counts.values()) == trials * len(stages), s.counts
+    lengths = {t.trial: 120 for t in rows_m}
+    dims = {"faces": 10, "visual": 256, "audio": 39, "text": 384}  # + probe, labels: 6 shards per trial
+    write_synthetic_cache(cache, read_manifest(manifest), lengths, dims)
+    shards = trials * (len(dims) + 2)
     for label in ("first re-run: verify every shard, index it", "fully cached re-run (stamps, memo)"):
         t0 = time.perf_counter()
         s = extract(manifest, cache=cache, stages=stages, scheduler="sync", progress=False)
         dt = time.perf_counter() - t0
         assert s.computed() == 0, s.counts
         out.append((label, f"{trials} trials x {len(stages)} stages", f"{dt:.2f} s"))
+    t0 = time.perf_counter()
+    listed = sum(r["shards"] for r in list_cache(cache)[0])
+    out.append(("cache ls", f"{listed} shards", f"{time.perf_counter() - t0:.2f} s"))
+    t0 = time.perf_counter()
+    report = verify_cache(cache)
+    out.append(("cache verify (read every byte)", f"{report.checked} shards", f"{time.perf_counter() - t0:.2f} s"))
+    assert listed == report.checked == shards and report.ok, (listed, report.checked, shards)
     return out
 
 

@@ -2,11 +2,17 @@
 
     python bench/extract.py [--media ../shared/media] [--seconds 60] [--device cpu|cuda]
                             [--stages probe,faces] [--skip-720p]
+                            [--long-seconds 120 [--split-frames 1800]] [--overlap] [--only-engine]
 
 Each measurement runs in a fresh subprocess (so its peak RSS is its own) that
 extracts one stage, upstream stages being already cached. Two generated 720p
 30 fps videos of different lengths show whether memory grows with length
 (it must not: decoding and processing happen in bounded chunks).
+
+`--long-seconds S` times one generated S-second 720p video end to end with 1 and 2 worker
+processes (wall clock, fresh caches): frame-range parts let both workers share it (issue 12:
+2 minutes, 2 workers <= 0.6x of 1). `--overlap` compares `extract --stages faces` (probe cached)
+with a whole extract from nothing on 2 workers, the ratio issue 12 asks to be >= 0.8.
 
 The `faces` row is the default (track-guided) detection; `faces:full-frame`
 detects every frame on the whole frame. A second table compares the two on
@@ -176,6 +182,65 @@ def random_vggish(folder: Path) -> Path:
     return path
 
 
+WALL_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {repo!r})
+t0 = time.time()
+from pipeline import extract
+s = extract({manifest!r}, cache={cache!r}, config={config!r}, stages={stages!r}, scheduler={scheduler!r},
+            workers={workers!r}, progress=False, split_frames={split!r})
+print(json.dumps({{"wall": time.time() - t0, "ok": s.ok, "split": s.split,
+                  "frames": max((t["frames"] for t in s.timing.values()), default=0)}}))
+"""
+
+
+def run_wall(manifest: Path, cache: Path, config: dict, stages: list[str], scheduler: str, workers: int | None,
+             split: int | None) -> dict:
+    """Wall clock of one whole `extract` in a fresh process (imports, worker start-up and all)."""
+    code = WALL_CHILD.format(repo=str(REPO), manifest=str(manifest), cache=str(cache), config=config,
+                             stages=stages, scheduler=scheduler, workers=workers, split=split)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+#: long-video rows: faces with full-frame detection (guided detection cannot be split, see
+#: FacesStage.splits) on frames halved, so a 2-minute 720p video fits a CPU benchmark
+LONG_CONFIG = {"stages": {"faces": {"guided": False, "detect_scale": 0.5}}}
+LONG_STAGES = ["probe", "faces", "visual", "audio"]
+
+
+def long_video_rows(tmp: Path, seconds: float, split_frames: int, workers: int = 2) -> list[dict]:
+    """One long 720p video, 1 worker vs `workers` workers (frame-range parts, pipeline.ranges), fresh caches."""
+    v = make_720p(tmp / f"long_{int(seconds)}s.mp4", seconds)
+    m = tmp / "long.csv"
+    m.write_text(f"trial,video,split\nlong,{v},train\n")
+    rows = []
+    for n in (1, workers):
+        with tempfile.TemporaryDirectory() as cache:
+            r = run_wall(m, Path(cache), LONG_CONFIG, LONG_STAGES, "processes", n, split_frames)
+        rows.append({"workers": n, **r})
+        print(f"  long video {int(seconds)} s, {n} worker(s): {r}", flush=True)
+    return rows
+
+
+def overlap_rows(tmp: Path, name: str, manifest: Path, stages: list[str], workers: int = 2) -> dict:
+    """Issue 12's ratio, as its numbers were taken: `extract --stages faces` (probe cached) vs a whole
+    `extract` from an empty cache, both wall clock in a fresh process on `workers` processes."""
+    config = {"stages": {}}
+    with tempfile.TemporaryDirectory() as cache:
+        run_wall(manifest, Path(cache), config, ["probe"], "processes", workers, 1800)
+        alone = run_wall(manifest, Path(cache), config, ["faces"], "processes", workers, 1800)
+    with tempfile.TemporaryDirectory() as cache:
+        e2e = run_wall(manifest, Path(cache), config, stages, "processes", workers, 1800)
+    out = {"set": name, "faces_wall": alone.get("wall"), "e2e_wall": e2e.get("wall"), "workers": workers,
+           "frames": alone.get("frames"), "ok": e2e.get("ok") and alone.get("ok"),
+           "error": e2e.get("error") or alone.get("error")}
+    print(f"  overlap {name}: {out}", flush=True)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
@@ -187,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only the long 720p video (skips the short one that checks memory against length)")
     ap.add_argument("--stages", default="probe,faces,visual,audio,text,labels",
                     help="stages to time (with their variants); upstream stages must be listed too")
+    ap.add_argument("--long-seconds", type=float, default=0.0,
+                    help="also time one generated 720p video of this length end to end with 1 and 2 workers "
+                         "(issue 12: 120 s, 2 workers <= 0.6x the wall time of 1)")
+    ap.add_argument("--split-frames", type=int, default=1800, help="extract's --split-frames for the long video")
+    ap.add_argument("--overlap", action="store_true",
+                    help="also run every stage end to end on 2 workers and compare with each stage alone")
+    ap.add_argument("--only-engine", action="store_true", help="only the --long-seconds / --overlap rows")
     return ap
 
 
@@ -195,6 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     stages = [x.strip() for x in args.stages.split(",") if x.strip()]
     config = {"stages": {s: {"device": args.device} for s in ("faces", "visual", "audio", "text")}}
     rows: list[dict] = []
+    if args.long_seconds or args.overlap:
+        engine_rows(args, stages)
+        if args.only_engine:
+            return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         VARIANTS.append(("audio:vggish*", "audio", {"model": "vggish", "weights": str(random_vggish(tmp))}))
@@ -241,6 +317,40 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<16} {speed:>7.1f}x {a['reference_frames']:>10} {a['found']:>7.1%} {a['iou_median']:>8.3f} "
                   f"{a['iou_min']:>8.3f} {a['landmark_median']:>8.3f} {a['landmark_max']:>8.3f}")
         print("(landmark distance: largest of the 5 points, in face-box sizes)")
+
+
+def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
+    """Long video across workers and overlap of stages (pipeline.ranges, issue 12), printed as they finish."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        long_rows = long_video_rows(tmp, args.long_seconds, args.split_frames) if args.long_seconds else []
+        over = []
+        if args.overlap:
+            stage_list = [s for s in stages if s != "text"]  # text needs transcripts the generated sets lack
+            if (args.media / "cremad").is_dir() and not args.skip_shared:
+                clips = sorted(args.media.glob("cremad/*.flv")) + sorted(args.media.glob("grid/*.mpg"))
+                m = tmp / "shared.csv"
+                m.write_text("trial,video,split\n" + "".join(f"{c.stem},{c},train\n" for c in clips))
+                over.append(overlap_rows(tmp, "shared clips", m, stage_list))
+            if not args.skip_720p:
+                secs = 20.0
+                v = make_720p(tmp / "overlap720.mp4", secs)
+                m = tmp / "overlap720.csv"
+                m.write_text(f"trial,video,split\nv720,{v},train\n")
+                over.append(overlap_rows(tmp, f"720p30 {int(secs)}s", m, stage_list))
+    if long_rows and all("wall" in r for r in long_rows):
+        one, many = long_rows[0], long_rows[-1]
+        print(f"\nlong video ({args.long_seconds:.0f} s 720p30, faces unguided at detect_scale 0.5, split "
+              f"frames {args.split_frames}): 1 worker "
+              f"{one['wall']:.1f} s, {many['workers']} workers {many['wall']:.1f} s: "
+              f"{many['wall'] / one['wall']:.2f}x (target <= 0.6); split stages {many.get('split')}")
+    for o in over:
+        if o.get("e2e_wall") and o.get("faces_wall"):
+            print(f"{o['set']}: faces alone (probe cached) {o['faces_wall']:.1f} s, every stage from nothing "
+                  f"{o['e2e_wall']:.1f} s on {o['workers']} workers: ratio {o['faces_wall'] / o['e2e_wall']:.2f} "
+                  f"(target >= 0.8)")
+        else:
+            print(f"{o['set']}: failed: {o.get('error')}")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def list_cache(cache: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]
             continue
         stage = path.parent.name
         try:
-            attrs = read_attrs(path)
+            attrs = read_attrs(path, ("settings", "n_frames"))
             settings = json.dumps(attrs.get("settings", {}), sort_keys=True)
             frames = int(attrs.get("n_frames", 0))
         except ShardError:

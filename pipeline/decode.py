@@ -24,9 +24,9 @@ it: a damaged stream is not trusted to train on. A file that simply ends early (
 truncated download) is not an error: the frames that decode are the video.
 
 Why the probe runs in a child process: a decoder that hangs or crashes in native
-code cannot be interrupted from Python. The child reports JSON; the parent kills
-it after a size-dependent timeout and reports ``corrupt-media``. Starting it
-costs ~0.7 s per video, negligible next to decoding.
+code cannot be interrupted from Python. The parent kills it after a size-dependent
+timeout and reports ``corrupt-media``. The child stays up between videos
+(`_ProbeHelper`), so a worker pays the ~0.7 s interpreter start once, not per video.
 
 Time axis: frame i is stamped ``(pts_i - start_time) * time_base`` of the video
 stream, where pts_i is the i-th smallest pts among the decoded pictures (frames
@@ -59,7 +59,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -291,64 +290,226 @@ def probe_video(path: str | Path, *, isolate: bool = True, timeout: float | None
     if not isolate:
         return _probe_in_process(path)
     limit = probe_timeout(path) if timeout is None else float(timeout)
-    root = str(Path(__file__).resolve().parents[1])
-    code = (f"import sys; sys.path.insert(0, {root!r}); "
-            f"from {__package__}.decode import _probe_main; _probe_main()")
+    helper = _helper()
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                              timeout=limit, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    except subprocess.TimeoutExpired:
+        result = helper.ask(str(path), limit)
+    except TimeoutError:
+        helper.stop()
         raise _corrupt(path, f"decoder did not finish within {limit:.0f} s (hung); probe abandoned") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = (proc.stderr.strip().splitlines() or [""])[-1][:160]
-        raise _corrupt(path, f"decoder crashed (exit code {proc.returncode}){': ' + tail if tail else ''}")
-    result = json.loads(lines[-1])
+    except EOFError:
+        code, tail = helper.stop()
+        raise _corrupt(path, f"decoder crashed (exit code {code}){': ' + tail if tail else ''}") from None
     if "error" in result:
         raise StageError(result["error"], result["message"])
     return VideoProbe.from_json(json.dumps(result["probe"]))
 
 
-def _probe_main() -> None:
-    """Child-process entry point: print one JSON line (the probe, or the error)."""
+class _ProbeHelper:
+    """A child interpreter that probes one video per request (one JSON line in, one out), kept between videos.
+
+    Why a long-lived child: starting an interpreter that imports numpy and PyAV cost ~0.7 s
+    per video (what the probe paid before), a tenth of a short clip's whole extraction.
+    Isolation is unchanged: a hang is killed after the timeout, a crash ends the child
+    (the caller sees EOF); either way the next probe starts a fresh one. FFmpeg's log goes
+    to a file, never to a pipe that could fill up and block the child.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import tempfile
+
+        root = str(Path(__file__).resolve().parents[1])
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                f"from {__package__}.decode import _probe_serve; _probe_serve()")
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        self.buffer = bytearray()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, path: str, limit: float) -> dict:
+        import select
+        import time
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write((json.dumps(path) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            raise EOFError from None
+        deadline = time.monotonic() + limit
+        fd = self.proc.stdout.fileno()
+        while True:  # own line buffer: select() cannot see what a buffered reader already holds
+            nl = self.buffer.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buffer[:nl])
+                del self.buffer[:nl + 1]
+                if line.startswith(b"{"):
+                    return json.loads(line)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+
+    def stop(self) -> tuple[int | None, str]:
+        """End the child; its exit code and the last line it logged."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        self.log.close()
+        return code, (lines[-1][:160] if lines else "")
+
+
+_HELPERS = None
+
+
+def _helper() -> _ProbeHelper:
+    """This thread's probe child (threads of one worker probe in parallel), started when needed."""
+    global _HELPERS
+    import threading
+
+    if _HELPERS is None:
+        _HELPERS = threading.local()
+    helper = getattr(_HELPERS, "helper", None)
+    if helper is None or not helper.alive():
+        helper = _HELPERS.helper = _ProbeHelper()
+    return helper
+
+
+def _probe_serve() -> None:
+    """Child-process loop: a JSON path per line in, a JSON line (the probe, or the error) out; ends at EOF."""
     import warnings
 
     warnings.filterwarnings("ignore")
+    while True:
+        line = sys.stdin.buffer.readline()  # not `for line in sys.stdin`: that reads ahead and waits
+        if not line:
+            return
+        try:
+            probe = _probe_in_process(Path(json.loads(line)))
+            out = {"probe": json.loads(probe.to_json())}
+        except StageError as exc:
+            out = {"error": exc.kind, "message": str(exc)}
+        sys.stdout.write("\n" + json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+def estimate_frames(path: str | Path) -> int:
+    """Frames the container claims (header only, no decoding): enough to decide how to split work.
+
+    Never used as the frame grid (the probe counts what really decodes); 0 when unknown.
+    """
     try:
-        probe = _probe_in_process(Path(sys.argv[1]))
-        out = {"probe": json.loads(probe.to_json())}
-    except StageError as exc:
-        out = {"error": exc.kind, "message": str(exc)}
-    sys.stdout.write("\n" + json.dumps(out) + "\n")
-    sys.stdout.flush()
+        with _open_container(Path(path), "not a readable media file") as c:
+            vs = _video_stream(c)
+            if vs is None:
+                return 0
+            if vs.frames:
+                return int(vs.frames)
+            rate = float(vs.average_rate) if vs.average_rate else 0.0
+            seconds = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else (
+                c.duration / 1e6 if c.duration else 0.0)
+            return int(seconds * rate)
+    except StageError:
+        return 0
 
 
-def iter_frames(path: str | Path, n_frames: int, chunk: int = 64) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start_index, uint8 [c, H, W, 3] RGB)`` for frames 0..n_frames-1, `chunk` at a time.
+def _grid_ticks(times: np.ndarray, streams: _Streams) -> np.ndarray | None:
+    """The probe's times back as the stream's integer pts (exact: times are ticks x time base)."""
+    tb = streams.video_time_base
+    if tb is None:
+        return None
+    return np.rint(np.asarray(times, dtype=np.float64) / float(tb)).astype(np.int64) + streams.video_start_pts
+
+
+def _frames_from(path: Path, start: int, times: np.ndarray | None) -> Iterator[object]:
+    """Decoded pictures from frame `start` on, frame i being the probe's frame i.
+
+    With `start` > 0 and the probe's grid at hand, the demuxer seeks to the keyframe at or
+    before frame `start`'s pts and decoding runs forward from there, so a frame range costs
+    its own share of the video. Pictures are matched to the grid by pts: the first one must
+    be frame `start` and each next one the next pts of the grid. Where that does not hold
+    (an AVI with B-frames hands pictures the stamps of packets in decode order, a seek that
+    lands past the frame), it decodes from the start and counts instead: exact either way,
+    only slower.
+    """
+    if start > 0 and times is not None and start < len(times):
+        yielded = 0
+        try:
+            import av
+
+            streams = _stream_info(path)
+            ticks = _grid_ticks(times, streams)
+            if ticks is not None and np.all(np.diff(ticks) > 0):
+                with _open_container(path, "cannot open as video") as container:
+                    vs = _video_stream(container)
+                    vs.thread_count = DECODE_THREADS
+                    container.seek(int(ticks[start]), stream=vs, backward=True, any_frame=False)
+                    i = start
+                    for packet in container.demux(vs):
+                        for frame in packet.decode():
+                            if frame.pts is None:
+                                raise LookupError
+                            if i == start and frame.pts < ticks[start]:
+                                continue  # before the range: decoded only to reach it
+                            if i >= len(ticks) or frame.pts != ticks[i]:
+                                raise LookupError
+                            yield frame
+                            yielded += 1
+                            i += 1
+                    if i < len(ticks):
+                        raise LookupError
+                    return
+        except (LookupError, av.error.FFmpegError, ValueError):
+            start += yielded  # frames already handed out are not handed out again
+    i = 0
+    for _, frame in _Decoder(path):
+        if i >= start:
+            yield frame
+        i += 1
+
+
+def iter_frames(path: str | Path, n_frames: int, chunk: int = 64, start: int = 0,
+                times: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start_index, uint8 [c, H, W, 3] RGB)`` for frames start..n_frames-1, `chunk` at a time.
 
     The probe's decode loop (`_Decoder`), so frame i here is the frame the probe stamped
-    ``time[i]``; decoding stops after `n_frames` and nothing is seeked. RGB is PyAV's
-    ``to_ndarray(format="rgb24")`` (FFmpeg's swscale). Memory is one chunk (plus the
-    decoder's own buffers) whatever the video's length: 64 x 1080p RGB is ~400 MB, so
-    callers on HD video pass a smaller `chunk`.
+    ``time[i]``; decoding stops after `n_frames`. Chunks end at multiples of `chunk` counted
+    from frame 0, whatever `start` is, so a frame range sees the same chunks (and the stages
+    the same batches) as a whole-video pass: that keeps split work bit-identical. With
+    `start` > 0 pass the probe's `times` so decoding seeks to the range (`_frames_from`).
+    RGB is PyAV's ``to_ndarray(format="rgb24")`` (FFmpeg's swscale). Memory is one chunk
+    (plus the decoder's own buffers) whatever the video's length: 64 x 1080p RGB is ~400 MB,
+    so callers on HD video pass a smaller `chunk`.
     """
     path = Path(path)
     _check_exists(path)
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
-    if n_frames <= 0:
+    if n_frames <= start:
         return
     out: np.ndarray | None = None
-    i = 0
-    for _, frame in _Decoder(path):
+    i = start
+    first = start
+    for frame in _frames_from(path, start, times):
         rgb = frame.to_ndarray(format="rgb24")
-        j = i % chunk
-        if j == 0:
-            out = np.empty((min(chunk, n_frames - i),) + rgb.shape, dtype=np.uint8)
-        out[j] = rgb
+        if out is None:
+            first = i
+            end = min((i // chunk + 1) * chunk, n_frames)
+            out = np.empty((end - i,) + rgb.shape, dtype=np.uint8)
+        out[i - first] = rgb
         i += 1
-        if j == len(out) - 1:
-            yield i - len(out), out
+        if i - first == len(out):
+            yield first, out
+            out = None
             if i == n_frames:
                 return
     raise _corrupt(path, f"only {i} frames decode, the probe counted {n_frames}")

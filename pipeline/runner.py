@@ -23,6 +23,7 @@ from .config import build_stages, fingerprint_mode
 from .index import TrialIndex, file_stamp
 from .manifest import Trial, read_manifest
 from .plan import Task, make_plan, stage_order
+from .ranges import SPLIT_FRAMES, assemble_shard, compute_part, estimate_frames, n_parts
 from .store import CacheStore
 from .worker import compute_shard
 
@@ -45,6 +46,8 @@ class ExtractSummary:
     workers: dict[str, list[str]] = field(default_factory=dict)
     #: shards found damaged (failed checksum, truncated, unreadable): moved aside and recomputed
     damaged: list[dict[str, str]] = field(default_factory=list)
+    #: per stage: trials computed as frame-range parts and assembled (pipeline.ranges)
+    split: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -58,7 +61,7 @@ class ExtractSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "failures": self.failures, "seconds": self.seconds,
                 "dry_run": self.dry_run, "cache": self.cache, "ok": self.ok, "timing": self.timing,
-                "workers": self.workers, "damaged": self.damaged}
+                "workers": self.workers, "damaged": self.damaged, "split": self.split}
 
 
 # -- schedulers ---------------------------------------------------------------------------------
@@ -231,10 +234,13 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
             config: dict[str, Any] | str | Path | None = None, stages: list[str] | None = None,
             scheduler: str = "processes", workers: int | None = None, dry_run: bool = False,
             retry_failed: bool = False, progress: bool = True, gpu: bool = False,
-            console: Any = None) -> ExtractSummary:
+            console: Any = None, split_frames: int | None = SPLIT_FRAMES) -> ExtractSummary:
     """Extract the selected stages (and their dependencies) for every trial of a manifest.
 
     This is the Python API behind `affpipe extract`; it returns an `ExtractSummary`.
+    `split_frames`: stages that can split a trial into frame ranges do so for trials
+    longer than this, so several workers share one long video (`pipeline.ranges`);
+    None or 0 never splits. It is in no key: results are the same either way.
     """
     started = time.time()
     if scheduler not in ("processes", "threads", "sync") and not scheduler.startswith("tcp://"):
@@ -247,12 +253,13 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
         store.ensure_writable()
     with store.hold(exclusive=False):  # gc and repair wait until this run ends
         return _extract_held(trials, stage_objs, order, store, config, scheduler, workers, dry_run,
-                             retry_failed, progress, gpu, console, started)
+                             retry_failed, progress, gpu, console, started, split_frames)
 
 
 def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[str], store: CacheStore,
                   config: Any, scheduler: str, workers: int | None, dry_run: bool, retry_failed: bool,
-                  progress: bool, gpu: bool, console: Any, started: float) -> ExtractSummary:
+                  progress: bool, gpu: bool, console: Any, started: float,
+                  split_frames: int | None = SPLIT_FRAMES) -> ExtractSummary:
     tasks = make_plan(trials, stage_objs, order, store, retry_failed=retry_failed,
                       fingerprint_mode=fingerprint_mode(config))
     damaged = [{"trial": t.trial.trial, "stage": t.stage, "path": str(t.path), "problem": t.damaged}
@@ -294,13 +301,24 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
             ups.append(graph[(t.trial.trial, dep)] if dep_task.status == "todo"
                        else {"status": dep_task.status, "stage": dep})
         annotations = {"resources": {"GPU": 1}} if gpu and stage_objs[t.stage].gpu_capable else {}
+        spec = _spec(t, store, settings[t.stage], paths)
+        parts = 1
+        if split_frames and stage_objs[t.stage].splits(t.trial):
+            parts = n_parts(estimate_frames(paths.get((t.trial.trial, "probe")), t.trial.video), split_frames)
         with dask.annotate(**annotations):
-            graph[(t.trial.trial, t.stage)] = dask.delayed(compute_shard, pure=False)(
-                _spec(t, store, settings[t.stage], paths), *ups, dask_key_name=t.name)
+            if parts > 1:  # range tasks, then one assemble task under the shard's own name
+                pieces = [dask.delayed(compute_part, pure=False)(spec, k, parts, *ups, dask_key_name=f"{t.name}-part{k}")
+                          for k in range(parts)]
+                graph[(t.trial.trial, t.stage)] = dask.delayed(assemble_shard, pure=False)(
+                    spec, parts, *pieces, dask_key_name=t.name)
+            else:
+                graph[(t.trial.trial, t.stage)] = dask.delayed(compute_shard, pure=False)(
+                    spec, *ups, dask_key_name=t.name)
 
     running: set[str] = set()
     timing: dict[str, dict[str, float]] = {}
     worker_names: dict[str, list[str]] = {}
+    split: dict[str, int] = {}
 
     def on_start(name: str) -> None:
         if name in by_name:
@@ -319,6 +337,8 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
             t = timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
             t["seconds"] += result.get("seconds", 0.0)
             t["frames"] += result.get("frames", 0)
+            if result.get("parts"):
+                split[task.stage] = split.get(task.stage, 0) + 1
         if status in ("done", "cached") and task.path is not None:
             try:  # just written and checked by its writer: its stamp spares the next plan a full read
                 task.stamp = file_stamp(task.path) if status == "done" else None
@@ -349,7 +369,7 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
                 _run_distributed(delayed, scheduler, workers, on_start, on_result, by_name, store)
     summary = ExtractSummary({s: {k: prog.counts[s][k] for k in STATUSES} for s in order}, failures,
                              time.time() - started, False, str(store.root), timing=timing,
-                             workers=worker_names, damaged=damaged)
+                             workers=worker_names, damaged=damaged, split=split)
     summary.summary_path = str(store.save_run_summary(summary.to_dict()))
     if console is not None:
         console.print(prog.table())

@@ -164,10 +164,13 @@ def write_shard(path: Path, *, frame: np.ndarray, time: np.ndarray, features: np
     return path
 
 
-def read_attrs(path: Path) -> dict[str, Any]:
-    """Root attributes only (cheap: used by `cache ls`)."""
+def read_attrs(path: Path, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Root attributes only, or only those in `names` (`cache ls` reads two: each attribute read
+    costs ~0.4 ms in h5py, which was most of listing 3600 shards)."""
     try:
         with h5py.File(path, "r") as h5:
+            if names is not None:
+                return {k: _decode_attr(h5.attrs[k]) for k in names if k in h5.attrs}
             return {k: _decode_attr(v) for k, v in h5.attrs.items()}
     except (OSError, KeyError) as exc:
         raise ShardError(f"{path}: cannot open shard ({exc})") from None

@@ -126,6 +126,26 @@ class Stage(ABC):
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
         """Compute this stage for one trial; raise `StageError` for bad input."""
 
+    # -- frame-range splitting (pipeline.ranges) ---------------------------------
+    def splits(self, trial: Trial) -> bool:
+        """Whether frames [a, b) of this trial can be computed alone, and the parts assembled into exactly
+        the shard `run` writes. Stages that say yes implement `run_range` (and `assemble` if plain
+        concatenation of the parts is not that shard)."""
+        return False
+
+    def run_range(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int) -> StageOutput:
+        """Rows for frames start..stop-1 only (what `assemble` needs of them)."""
+        raise NotImplementedError(f"stage {self.name!r} does not split into frame ranges")
+
+    def assemble(self, trial: Trial, upstream: dict[str, ShardData], parts: list[ShardData]) -> StageOutput:
+        """The whole trial's output from its parts in frame order: by default their rows concatenated."""
+        def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            return None if arrays[0] is None else np.concatenate(arrays)
+
+        return StageOutput(features=cat([p.features for p in parts]), valid=cat([p.valid for p in parts]),
+                           extras={k: np.concatenate([p.extras[k] for p in parts]) for k in parts[0].extras},
+                           attrs=dict(parts[0].attrs.get("stage_attrs") or {}))
+
 
 STAGES: dict[str, type[Stage]] = {}
 

@@ -1,6 +1,9 @@
 """The cache folder: where shards, locks, the failure ledger and run summaries live.
 
   <root>/shards/<stage>/<trial>.<key20>.h5   one shard per (trial, stage, key)
+  <root>/shards/<stage>/.<trial>.<key20>.h5.part<k>of<K>.tmp
+                                             frame-range parts of a shard being assembled (pipeline.ranges):
+                                             temporaries, never listed or read as shards, removed by gc
   <root>/locks/<key20>.lock                  per-key lock: two runs never compute one shard twice
   <root>/ledger.jsonl                        failures, appended (never rewritten)
   <root>/runs/<timestamp>.json               the summary of every extract run
@@ -79,9 +82,18 @@ class CacheStore:
     def shard_path(self, stage: str, trial: str, key: str) -> Path:
         return self.root / "shards" / stage / f"{trial}.{key[:KEY_CHARS]}.h5"
 
-    def lock(self, key: str) -> FileLock:
+    def lock(self, key: str, part: str = "") -> FileLock:
+        """The per-key lock (`part`: a lock of its own for one frame-range part of the shard)."""
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / "locks" / f"{key[:KEY_CHARS]}.lock"))
+        return FileLock(str(self.root / "locks" / f"{key[:KEY_CHARS]}{'.' + part if part else ''}.lock"))
+
+    def part_path(self, shard: Path, k: int, parts: int) -> Path:
+        """Part k of `parts` of a shard: a temporary's name (`iter_temporaries`), so nothing reads it as a shard."""
+        return shard.with_name(f".{shard.name}.part{k:03d}of{parts:03d}.tmp")
+
+    def part_paths(self, shard: Path) -> list[Path]:
+        """Every part of a shard on disk, whatever split it came from."""
+        return sorted(shard.parent.glob(f".{shard.name}.part*.tmp"))
 
     @property
     def ledger_path(self) -> Path:

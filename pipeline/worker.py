@@ -18,7 +18,7 @@ import numpy as np
 
 from .manifest import Trial
 from .shards import finite_problems, read_shard, write_shard
-from .stage import STAGES, StageError, StageOutput, settings_from_dict
+from .stage import STAGES, ShardData, Stage, StageError, StageOutput, settings_from_dict
 from .store import CacheStore, format_exception
 
 
@@ -53,6 +53,69 @@ def _check_rows(stage: str, out: StageOutput, n: int) -> None:
             raise StageError("frame-count", f"stage {stage} returned {arr.shape[0]} rows of {name} for {n} frames")
 
 
+def _blocked(base: dict[str, Any], upstream_results: tuple[dict[str, Any], ...]) -> dict[str, Any] | None:
+    for res in upstream_results:
+        if res.get("status") not in ("done", "cached"):
+            return {**base, "status": "blocked", "kind": res.get("kind", "upstream-failed"),
+                    "message": f"upstream {res.get('stage')} did not complete: {res.get('message', '')}"}
+    return None
+
+
+def task_base(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"stage": spec["stage"], "trial": spec["trial"]["trial"], "key": spec["key"], "worker": worker_name()}
+
+
+def failure(base: dict[str, Any], spec: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """A failure as a value: `StageError` is a sticky verdict on the input, anything else is retried."""
+    if isinstance(exc, StageError):
+        return {**base, "status": "failed", "kind": exc.kind, "message": str(exc),
+                "traceback": format_exception(exc), "sticky": True}
+    return {**base, "status": "failed", "kind": type(exc).__name__,
+            "message": f"{spec['trial']['video']}: {exc}", "traceback": format_exception(exc), "sticky": False}
+
+
+def stage_of(spec: dict[str, Any]) -> Stage:
+    cls = STAGES[spec["stage"]]
+    return cls(settings_from_dict(cls, spec["settings"]))
+
+
+def write_output(spec: dict[str, Any], stage: Stage, trial: Trial, upstream: dict[str, ShardData],
+                 out: StageOutput, path: Path) -> int:
+    """Check a stage's output (rows, finite values) and write it as the shard at `path`; its frame count."""
+    if spec["stage"] == "probe" or out.time is not None:
+        time_grid = np.asarray(out.time, dtype=np.float64)
+    else:
+        time_grid = upstream["probe"].time
+    n = int(time_grid.shape[0])
+    _check_rows(spec["stage"], out, n)
+    declared = out.attrs.get("frame_keyed_extras")
+    bad = finite_problems(n, time_grid, out.features, out.valid, out.extras,
+                          declared if isinstance(declared, list) else None)
+    if bad:  # never cache numbers that would poison every experiment downstream
+        raise StageError("non-finite", f"{spec['trial']['video']}: stage {spec['stage']} produced "
+                                       f"{'; '.join(bad)}; nothing was written")
+    probe_attrs = upstream["probe"].attrs if "probe" in upstream else out.attrs
+    attrs = {
+        "fps": probe_attrs.get("fps"),
+        "n_decoded": probe_attrs.get("n_decoded", n),
+        "n_container": probe_attrs.get("n_container"),
+        "weights": "none",
+        **out.attrs,
+        "trial": trial.trial,
+        "stage": spec["stage"],
+        "key": spec["key"],
+        "version": stage.version,
+        "settings": spec["settings"],
+        "upstream": spec["upstream_keys"],
+        "fingerprint": spec["fingerprint"],
+        "versions": library_versions(),
+        "created": time.time(),
+    }
+    write_shard(path, frame=np.arange(n, dtype=np.int64), time=time_grid, features=out.features,
+                valid=out.valid, extras=out.extras, attrs=attrs)
+    return n
+
+
 def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> dict[str, Any]:
     """Run one stage for one trial and write its shard; return a small status dict.
 
@@ -64,11 +127,10 @@ def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> di
     bound_heap_growth()
 
     started = time.time()
-    base = {"stage": spec["stage"], "trial": spec["trial"]["trial"], "key": spec["key"], "worker": worker_name()}
-    for res in upstream_results:
-        if res.get("status") not in ("done", "cached"):
-            return {**base, "status": "blocked", "kind": res.get("kind", "upstream-failed"),
-                    "message": f"upstream {res.get('stage')} did not complete: {res.get('message', '')}"}
+    base = task_base(spec)
+    blocked = _blocked(base, upstream_results)
+    if blocked:
+        return blocked
     store = CacheStore(spec["cache"])
     path = Path(spec["path"])
     try:
@@ -76,45 +138,9 @@ def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> di
             if path.exists():  # another run finished it while we waited for the lock
                 return {**base, "status": "cached"}
             trial = Trial.from_dict(spec["trial"])
-            cls = STAGES[spec["stage"]]
-            stage = cls(settings_from_dict(cls, spec["settings"]))
+            stage = stage_of(spec)
             upstream = {name: read_shard(Path(p)) for name, p in spec["upstream"].items()}
-            out = stage.run(trial, upstream)
-            if spec["stage"] == "probe" or out.time is not None:
-                time_grid = np.asarray(out.time, dtype=np.float64)
-            else:
-                time_grid = upstream["probe"].time
-            n = int(time_grid.shape[0])
-            _check_rows(spec["stage"], out, n)
-            declared = out.attrs.get("frame_keyed_extras")
-            bad = finite_problems(n, time_grid, out.features, out.valid, out.extras,
-                                  declared if isinstance(declared, list) else None)
-            if bad:  # never cache numbers that would poison every experiment downstream
-                raise StageError("non-finite", f"{spec['trial']['video']}: stage {spec['stage']} produced "
-                                               f"{'; '.join(bad)}; nothing was written")
-            probe_attrs = upstream["probe"].attrs if "probe" in upstream else out.attrs
-            attrs = {
-                "fps": probe_attrs.get("fps"),
-                "n_decoded": probe_attrs.get("n_decoded", n),
-                "n_container": probe_attrs.get("n_container"),
-                "weights": "none",
-                **out.attrs,
-                "trial": trial.trial,
-                "stage": spec["stage"],
-                "key": spec["key"],
-                "version": cls.version,
-                "settings": spec["settings"],
-                "upstream": spec["upstream_keys"],
-                "fingerprint": spec["fingerprint"],
-                "versions": library_versions(),
-                "created": time.time(),
-            }
-            write_shard(path, frame=np.arange(n, dtype=np.int64), time=time_grid, features=out.features,
-                        valid=out.valid, extras=out.extras, attrs=attrs)
-    except StageError as exc:
-        return {**base, "status": "failed", "kind": exc.kind, "message": str(exc),
-                "traceback": format_exception(exc), "sticky": True}
+            n = write_output(spec, stage, trial, upstream, stage.run(trial, upstream), path)
     except Exception as exc:  # noqa: BLE001  one broken trial must never stop the others
-        return {**base, "status": "failed", "kind": type(exc).__name__,
-                "message": f"{spec['trial']['video']}: {exc}", "traceback": format_exception(exc), "sticky": False}
+        return failure(base, spec, exc)
     return {**base, "status": "done", "seconds": time.time() - started, "frames": n}

@@ -67,11 +67,9 @@ def aligned_image_path(folder: Path, frame: int) -> Path:
 
 def mtcnn_weight_files() -> list[Path]:
     """The P-, R- and O-net weight files that ship inside facenet-pytorch."""
-    import importlib.util
+    from ..backbones import facenet_data_dir
 
-    spec = importlib.util.find_spec("facenet_pytorch")  # without importing torch: planning stays light
-    data = Path(spec.origin).parent / "data" if spec and spec.origin else Path("facenet_pytorch/data")
-    return [data / f"{net}.pt" for net in ("pnet", "rnet", "onet")]
+    return [facenet_data_dir() / f"{net}.pt" for net in ("pnet", "rnet", "onet")]
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,11 +134,9 @@ class _TrackedSearch:
     """
 
     def __init__(self, settings: Any, mtcnn: Any, device: str, subject: str):
-        from ..backbones import load_backbone
-
         self.s = settings
         self.mtcnn = mtcnn
-        self.onet = get_model(("faces-signature-onet", device), lambda: load_backbone("onet", None, device))
+        self.onet = self.signature_net(device)
         self.tracker = SubjectTracker(subject, TrackParams(max_gap=int(settings.max_gap)),
                                       identity_threshold=float(settings.identity_threshold))
         self.since_full = 0
@@ -151,6 +147,12 @@ class _TrackedSearch:
         self.scores: list[float] = []
         self.segment: list[int] = []
         self.identity: list[int] = []
+
+    @staticmethod
+    def signature_net(device: str) -> Any:
+        from ..backbones import load_backbone
+
+        return get_model(("faces-signature-onet", device), lambda: load_backbone("onet", None, device))
 
     def _guided(self, image: np.ndarray, predicted: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -166,9 +168,14 @@ class _TrackedSearch:
             return region
         return None
 
-    def frame(self, f: int, image: np.ndarray, cut: bool,
-              full: tuple[np.ndarray, np.ndarray, np.ndarray] | None | bool = False) -> None:
-        """Detect and track at frame `f` (`full`: a full-frame detection already run for it, or False)."""
+    def frame(self, f: int, image: np.ndarray | None, cut: bool,
+              full: tuple[np.ndarray, np.ndarray, np.ndarray] | None | bool = False,
+              signatures: np.ndarray | None = None) -> None:
+        """Detect and track at frame `f` (`full`: a full-frame detection already run for it, or False).
+
+        `signatures`: the faces' appearance signatures when already computed (frame-range parts,
+        `FacesStage.assemble`, which passes no image); computed here from `image` otherwise.
+        """
         from ..guided_detection import face_signatures
 
         if cut:
@@ -186,9 +193,11 @@ class _TrackedSearch:
         else:
             self.since_full += 1
         boxes = None if dets is None else dets[0]
-        signatures = None
         if boxes is not None and len(boxes) and self.tracker.predict(f) is None:
-            signatures = face_signatures(self.onet, image, dets[2])
+            if signatures is None:
+                signatures = face_signatures(self.onet, image, dets[2])
+        else:
+            signatures = None
         c = self.tracker.update(f, boxes, signatures)
         self.frames.append(f)
         if c >= 0:
@@ -264,20 +273,111 @@ class FacesStage(Stage):
             return self._from_aligned_images(trial, n)
         return self._detect_and_track(trial, n)
 
+    def _mtcnn(self, device: str) -> Any:
+        s = self.settings
+        thresholds = tuple(s.thresholds)
+        return get_model(("mtcnn", int(s.min_face_size), thresholds, device),
+                         lambda: _load_mtcnn(int(s.min_face_size), thresholds, device))
+
+    def _wanted(self, n: int) -> np.ndarray:
+        """Frames run through the detector: every `detect_every`-th and the last."""
+        wanted = np.zeros(n, dtype=bool)
+        wanted[::int(self.settings.detect_every)] = True
+        if n:
+            wanted[n - 1] = True  # the tail is bracketed by a detection, never extrapolated
+        return wanted
+
+    # -- frame-range splitting (pipeline.ranges) ----------------------------------------------------
+    def splits(self, trial: Trial) -> bool:
+        """Full-frame detection only (``guided: false``): each frame's detection depends on that frame
+        alone, so parts detect their ranges and `assemble` runs the tracker over all of them. Guided
+        detection searches where the track predicts the face, so frame f depends on every frame
+        before it and the trial stays one task."""
+        return not self.settings.guided and not trial.aligned_faces
+
+    def run_range(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int) -> StageOutput:
+        """Every face MTCNN finds on the detected frames of [start, stop), with appearance signatures, and
+        the scene-cut flags of those frames (the frame before `start` is decoded for the first flag).
+
+        Signatures are computed for every frame with faces (the tracker reads them only where it
+        (re)acquires, which a part cannot know): the same call on the same frame as the unsplit
+        pass, so the tracker in `assemble` sees the same numbers.
+        """
+        from ..decode import iter_frames
+        from ..guided_detection import SceneCuts, face_signatures
+
+        device = resolve_device(self.settings.device)
+        mtcnn = self._mtcnn(device)
+        onet = _TrackedSearch.signature_net(device)
+        n = upstream["probe"].n_frames
+        wanted = self._wanted(n)
+        cuts = SceneCuts()
+        flags = np.zeros(stop - start, dtype=bool)
+        frames: list[int] = []
+        counts: list[int] = []
+        boxes, scores, marks, sigs = [], [], [], []
+        seen = start
+        for a, chunk in iter_frames(trial.video, stop, chunk=DECODE_CHUNK, start=max(0, start - 1),
+                                    times=upstream["probe"].time):
+            seen = max(seen, a + len(chunk))
+            lo = max(start - a, 0)  # the frame before the range only feeds the cut detector
+            flags[a + lo - start:a + len(chunk) - start] = cuts.update(chunk)[lo:]
+            idx = np.flatnonzero(wanted[a:a + len(chunk)])
+            idx = idx[idx >= lo]
+            if not len(idx):
+                continue
+            for i, det in zip(idx.tolist(), self._detect_all(mtcnn, chunk[idx])):
+                frames.append(a + i)
+                counts.append(0 if det is None else len(det[0]))
+                if det is not None and len(det[0]):
+                    boxes.append(det[0])
+                    scores.append(det[1])
+                    marks.append(det[2])
+                    sigs.append(face_signatures(onet, chunk[i], det[2]))
+        if seen < stop:
+            raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
+        return StageOutput(features=None, valid=None, extras={
+            "cuts": flags,
+            "det_frame": np.asarray(frames, dtype=np.int64),
+            "det_count": np.asarray(counts, dtype=np.int64),
+            "det_boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+            "det_scores": np.concatenate(scores) if scores else np.zeros(0),
+            "det_marks": np.concatenate(marks) if marks else np.zeros((0, 5, 2)),
+            "det_sigs": np.concatenate(sigs) if sigs else np.zeros((0, 1)),
+        })
+
+    def assemble(self, trial: Trial, upstream: dict[str, ShardData], parts: list[ShardData]) -> StageOutput:
+        """The tracker over every part's detections in frame order: the same steps as `_detect_and_track`."""
+        n = upstream["probe"].n_frames
+        search = _TrackedSearch(self.settings, None, resolve_device(self.settings.device), trial.subject)
+        cut_pending = False
+        n_cuts = 0
+        for part in parts:
+            a = int(part.attrs["range"][0])
+            ex = part.extras
+            cuts = np.asarray(ex["cuts"], dtype=bool)
+            n_cuts += int(cuts.sum())
+            det_at = {int(f): j for j, f in enumerate(ex["det_frame"])}
+            offsets = np.concatenate([[0], np.cumsum(ex["det_count"])]).astype(np.int64)
+            for f in range(a, a + len(cuts)):
+                cut_pending |= bool(cuts[f - a])
+                j = det_at.get(f)
+                if j is None:
+                    continue
+                lo, hi = offsets[j], offsets[j + 1]
+                dets = None if hi == lo else (ex["det_boxes"][lo:hi], ex["det_scores"][lo:hi], ex["det_marks"][lo:hi])
+                search.frame(f, None, cut_pending, dets, signatures=None if hi == lo else ex["det_sigs"][lo:hi])
+                cut_pending = False
+        return self._finish(trial, n, search, n_cuts)
+
     def _detect_and_track(self, trial: Trial, n: int) -> StageOutput:
         from ..decode import iter_frames
         from ..guided_detection import SceneCuts
 
         s = self.settings
         device = resolve_device(s.device)
-        thresholds = tuple(s.thresholds)
-        mtcnn = get_model(("mtcnn", int(s.min_face_size), thresholds, device),
-                          lambda: _load_mtcnn(int(s.min_face_size), thresholds, device))
-        k = int(s.detect_every)
-        wanted = np.zeros(n, dtype=bool)
-        wanted[::k] = True
-        if n:
-            wanted[n - 1] = True  # the tail is bracketed by a detection, never extrapolated
+        mtcnn = self._mtcnn(device)
+        wanted = self._wanted(n)
         search = _TrackedSearch(self.settings, mtcnn, device, trial.subject)
         cuts = SceneCuts()
         cut_pending = False
@@ -295,7 +395,11 @@ class FacesStage(Stage):
                     cut_pending = False
         if seen < n:
             raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
+        return self._finish(trial, n, search, n_cuts)
 
+    def _finish(self, trial: Trial, n: int, search: _TrackedSearch, n_cuts: int) -> StageOutput:
+        """Per-frame rows from the detected frames: interpolation, identities, attrs."""
+        s = self.settings
         det_frames = np.asarray(search.frames, dtype=np.int64)
         m = len(det_frames)
         found = np.asarray(search.segment, dtype=np.int64) >= 0

@@ -107,7 +107,15 @@ class VisualStage(Stage):
         return get_model(("backbone", s.backbone, s.weights, ident, device),
                          lambda: load_backbone(s.backbone, s.weights, device))
 
+    def splits(self, trial: Trial) -> bool:
+        # Video frames only: aligned_faces batches run over valid images, not chunks of frames.
+        return not trial.aligned_faces
+
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
+        return self.run_range(trial, upstream, 0, upstream["probe"].n_frames)
+
+    def run_range(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int) -> StageOutput:
+        """Embeddings of frames start..stop-1 (the whole trial from `run`; ranges: `pipeline.ranges`)."""
         s = self.settings
         n = upstream["probe"].n_frames
         faces = upstream["faces"]
@@ -125,15 +133,16 @@ class VisualStage(Stage):
             size = int(s.align_size)
             geometry = landmarks
             attrs = {"crop": "template", "align_size": size}
-        features = np.zeros((n, net.spec.dim), dtype=np.float16)
+        features = np.zeros((stop - start, net.spec.dim), dtype=np.float16)
         if faces.attrs.get("mode") == "aligned_faces":
             chunks = self._aligned_chunks(trial, valid, geometry, size, net.spec.crop)
         else:
-            chunks = self._video_chunks(trial, n, valid, geometry, size, net.spec.crop)
+            chunks = self._video_chunks(trial, (start, stop), valid, geometry, size, net.spec.crop,
+                                        upstream["probe"].time)
         for rows, crops in chunks:
             if len(rows):
-                features[rows] = net.embed(crops, int(s.batch_size)).astype(np.float16)
-        return StageOutput(features=features, valid=valid.copy(),
+                features[rows - start] = net.embed(crops, int(s.batch_size)).astype(np.float16)
+        return StageOutput(features=features, valid=valid[start:stop].copy(),
                            attrs={"backbone": s.backbone, "weights": net.weights_id, "dim": net.spec.dim, **attrs})
 
     def _crop(self, frames: np.ndarray, geometry: np.ndarray, size: int, crop: str) -> np.ndarray:
@@ -142,12 +151,14 @@ class VisualStage(Stage):
             return box_crops(frames, geometry, size, int(self.settings.margin))
         return align_faces(frames, geometry, size)
 
-    def _video_chunks(self, trial: Trial, n: int, valid: np.ndarray, geometry: np.ndarray, size: int, crop: str):
-        """(frame rows, face crops) per decoded chunk: memory bounded by the chunk, not the video."""
+    def _video_chunks(self, trial: Trial, frames: tuple[int, int], valid: np.ndarray, geometry: np.ndarray,
+                      size: int, crop: str, times: np.ndarray):
+        """(frame rows, face crops) per decoded chunk of frames [a, b): memory bounded by the chunk."""
         from ..decode import iter_frames
 
-        seen = 0
-        for start, chunk in iter_frames(trial.video, n, chunk=DECODE_CHUNK):
+        a, n = frames
+        seen = a
+        for start, chunk in iter_frames(trial.video, n, chunk=DECODE_CHUNK, start=a, times=times):
             seen = max(seen, start + len(chunk))
             idx = np.flatnonzero(valid[start:start + len(chunk)])
             rows = start + idx

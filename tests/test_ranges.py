@@ -1,0 +1,126 @@
+"""Long videos across workers: frame-range parts assembled into one shard (pipeline.ranges), on real clips."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from pipeline import extract
+from pipeline.cache_admin import list_cache, verify_cache
+from pipeline.decode import iter_frames, probe_video
+from pipeline.ranges import n_parts, part_ranges
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = "cremad/1001_DFA_ANG_XX.flv"  # 67 frames: three parts of <= 32 frames with split_frames 20
+UNGUIDED = {"stages": {"faces": {"guided": False}}}
+
+
+def _manifest(tmp_path: Path, shared_media: Path) -> Path:
+    path = tmp_path / "m.csv"
+    path.write_text(f"trial,video,split\nclip,{shared_media / CLIP},train\n")
+    return path
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as h5:
+        return {name: h5[name][()] for name in h5}
+
+
+def _shards(cache: Path, stage: str) -> list[Path]:
+    return sorted((cache / "shards" / stage).glob("*.h5"))
+
+
+def test_part_ranges_cover_every_frame_on_chunk_boundaries():
+    for n, parts in ((67, 3), (3600, 2), (27000, 15), (31, 1)):
+        ranges = part_ranges(n, parts)
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a == prev_b for (_, prev_b), (a, _) in zip(ranges, ranges[1:]))
+        assert all(a % 32 == 0 for a, _ in ranges)
+    assert n_parts(67, 20) == 3 and n_parts(67, 0) == 1 and n_parts(67, 100) == 1
+
+
+def test_seeking_decode_gives_the_frames_of_a_full_pass(shared_media):
+    for clip in (shared_media / CLIP, shared_media / "grid" / "bbaf2n.mpg"):
+        probe = probe_video(clip)
+        full = np.concatenate([c for _, c in iter_frames(clip, probe.n_decoded, chunk=32)])
+        for start in (1, 32, probe.n_decoded - 3):
+            got = list(iter_frames(clip, probe.n_decoded, chunk=32, start=start, times=probe.time))
+            assert got[0][0] == start and all(a % 32 == 0 for a, _ in got[1:])
+            assert np.array_equal(np.concatenate([c for _, c in got]), full[start:])
+
+
+def test_split_and_unsplit_shards_are_bit_identical(tmp_path, shared_media):
+    """faces (full-frame detection, tracker in the assembly), visual and audio: same keys, same bytes."""
+    manifest = _manifest(tmp_path, shared_media)
+    stages = ["probe", "faces", "visual", "audio"]
+    whole = extract(manifest, cache=tmp_path / "whole", config=UNGUIDED, stages=stages, scheduler="sync",
+                    progress=False, split_frames=0)
+    split = extract(manifest, cache=tmp_path / "split", config=UNGUIDED, stages=stages, scheduler="sync",
+                    progress=False, split_frames=20)
+    assert whole.ok and split.ok
+    assert whole.split == {} and split.split == {"faces": 1, "visual": 1}
+    for stage in stages:
+        (a,), (b,) = _shards(tmp_path / "whole", stage), _shards(tmp_path / "split", stage)
+        assert a.name == b.name  # the same key: splitting is not in it
+        da, db = _datasets(a), _datasets(b)
+        assert da.keys() == db.keys()
+        for name in da:
+            assert np.array_equal(da[name], db[name], equal_nan=True), (stage, name)
+    assert not list((tmp_path / "split" / "shards").glob("*/.*.tmp"))  # parts removed once assembled
+    assert verify_cache(tmp_path / "split").ok
+
+
+def _affpipe(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import cli; cli.main()", *args]
+
+
+def test_kill_mid_assembly_leaves_no_half_shard_and_parts_are_no_shards(tmp_path, shared_media):
+    manifest = _manifest(tmp_path, shared_media)
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps(UNGUIDED))
+    args = ["extract", "-m", str(manifest), "--config", str(config), "--stages", "probe,faces",
+            "--scheduler", "sync", "--split-frames", "20"]
+    for attempt in range(3):  # the kill must land after the last part and before the shard: retry if late
+        cache = tmp_path / f"cache{attempt}"
+        proc = subprocess.Popen(_affpipe(*args, "--cache", str(cache)), cwd=REPO, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        parts: list[Path] = []
+        while time.time() < deadline and proc.poll() is None:
+            parts = list((cache / "shards" / "faces").glob(".*.part*of003.tmp"))
+            if len(parts) == 3:
+                break
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if len(parts) == 3 and not _shards(cache, "faces"):
+            break
+    else:
+        pytest.fail("the kill never landed between the last part and the assembled shard")
+    # what a killed assembly leaves: parts (and maybe a half-written temporary), never a faces shard
+    assert not _shards(cache, "faces")
+    assert [r["stage"] for r in list_cache(cache)[0]] == ["probe"]
+    report = verify_cache(cache)
+    assert report.ok and report.checked == 1
+    assert {Path(p).name for p in report.temporaries} >= {p.name for p in parts}
+    ls = CliRunner().invoke(cli.main, ["cache", "ls", "--cache", str(cache)])
+    assert ls.exit_code == 0 and "faces" not in ls.output
+    res = subprocess.run(_affpipe(*args, "--cache", str(cache), "--json"), cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["counts"]["faces"]["done"] == 1 and summary["split"] == {"faces": 1}
+    assert len(_shards(cache, "faces")) == 1
+    assert not list((cache / "shards" / "faces").glob(".*.tmp")) or all(
+        ".part" not in p.name for p in (cache / "shards" / "faces").glob(".*.tmp"))
+    assert verify_cache(cache).ok
