@@ -1,8 +1,9 @@
 """Extraction config: which settings each stage runs with.
 
 A config file is JSON (or TOML) with a ``stages`` section keyed by stage name,
-an optional ``preset`` (``default`` or ``paper``), and a ``train`` section that
-the trainer reads. Only the settings that differ from the defaults need to be
+an optional ``preset`` (``default`` or ``paper``), an optional ``fingerprint``
+(``sampled`` or ``full``: how input files are identified, `pipeline.identity`),
+and a ``train`` section that the trainer reads. Only the settings that differ from the defaults need to be
 written; `affpipe config show` prints the full resolved form. Unknown stage or
 setting names are errors, because a misspelt setting silently ignored is
 exactly how stale features end up in a paper.
