@@ -22,6 +22,9 @@ test: setup
 bench: setup
 	$(PY) bench/extract.py
 	$(PY) bench/train.py --frames 300000
+	$(PY) bench/cache.py
+	$(PY) bench/asr.py
+	$(PY) bench/cli.py
 
 clean-cache:
 	rm -rf cache/shards cache/locks cache/runs cache/ledger.jsonl
