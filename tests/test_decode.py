@@ -147,10 +147,15 @@ def test_truncated_clips_probe_shorter_or_fail_cleanly(shared_media, tmp_path):
             assert p.n_decoded < 60
 
 
-def test_hung_decoder_is_abandoned_with_corrupt_media(shared_media):
+def test_hung_decoder_is_abandoned_with_corrupt_media(shared_media, tmp_path):
+    import os
+
+    hang = tmp_path / "never-written.mp4"
+    os.mkfifo(hang)  # opening a FIFO nobody writes blocks forever: a decoder that really hangs
     with pytest.raises(StageError) as err:
-        probe_video(shared_media / "grid" / "bbaf2n.mpg", timeout=0.05)
+        probe_video(hang, timeout=2)
     assert err.value.kind == "corrupt-media" and "did not finish" in str(err.value)
+    assert probe_video(shared_media / "grid" / "bbaf2n.mpg").n_decoded > 0  # the next probe gets a fresh child
 
 
 def test_missing_and_non_video_files(shared_media, tmp_path):
