@@ -17,7 +17,7 @@ from typing import Any, Callable  # noqa: E402
 import click  # noqa: E402
 
 from fusion.head_names import HEAD_NAMES  # noqa: E402
-from pipeline.names import LOCAL_SCHEDULERS, SPLITS, STAGE_NAMES  # noqa: E402
+from pipeline.engine.names import LOCAL_SCHEDULERS, SPLITS, STAGE_NAMES  # noqa: E402
 
 # Conventions every command follows (README, "Command line"):
 # - the cache is `--cache/-c`, default `cache`; the manifest `--manifest/-m`; outputs `--out`;
@@ -173,7 +173,7 @@ def extract(manifest, cache_dir, config_file, stages, scheduler, workers, dry_ru
     """
     import json
 
-    from pipeline.runner import extract as run_extract
+    from pipeline.engine.runner import extract as run_extract
 
     console = _console()
     summary = run_extract(manifest, cache=cache_dir, config=config_file, stages=stages, scheduler=scheduler,
@@ -189,7 +189,7 @@ def extract(manifest, cache_dir, config_file, stages, scheduler, workers, dry_ru
         for d in summary.damaged:
             click.echo(f"damaged {d['path']}: {d['problem']} (the next run recomputes it)")
     else:
-        from pipeline.verdicts import is_verdict
+        from pipeline.engine.verdicts import is_verdict
 
         for d in summary.damaged:
             console.print(f"recomputed damaged shard {d['path']}: {d['problem']}", markup=False)
@@ -212,8 +212,8 @@ def _extract_outcome(summary, manifest: str, cache: str, config: str | None) -> 
     nothing to retry. Anything else is an error: exit 1, retry after fixing.
     The plan after the run holds this run's failures and the ones from before.
     """
-    from pipeline.reader import open_cache
-    from pipeline.verdicts import EXIT_ERRORS, EXIT_VERDICTS, is_verdict
+    from pipeline.engine.reader import open_cache
+    from pipeline.engine.verdicts import EXIT_ERRORS, EXIT_VERDICTS, is_verdict
 
     kinds: dict[tuple[str, str], str] = {(f["trial"], f["stage"]): f["kind"] for f in summary.failures}
     try:
@@ -249,7 +249,7 @@ def cache():
 @_cli_errors
 def cache_ls(cache_dir):
     """Per stage and settings: shards, trials, frames, bytes of the current shards; the others apart."""
-    from pipeline.cache_admin import list_cache
+    from pipeline.engine.cache_admin import list_cache
 
     rows, other = list_cache(cache_dir)
     if not rows and not other["shards"]:
@@ -270,7 +270,7 @@ def cache_ls(cache_dir):
 @_cli_errors
 def cache_verify(cache_dir, repair):
     """Read every shard in full: checksums, schema, counts, finite values (exit 1 if any is bad)."""
-    from pipeline.cache_admin import verify_cache
+    from pipeline.engine.cache_admin import verify_cache
 
     report = verify_cache(cache_dir, repair=repair)
     for path, problems in report.bad.items():
@@ -299,8 +299,8 @@ def cache_gc(cache_dir, manifest, config_file, yes):
 
     Needs no videos: shards are resolved through the cache index. Refused while an extract runs.
     """
-    from pipeline.cache_admin import collect_garbage
-    from pipeline.manifest import read_manifest
+    from pipeline.engine.cache_admin import collect_garbage
+    from pipeline.sources.manifest import read_manifest
 
     try:
         uses = [(read_manifest(m), cfg) for m in manifest for cfg in (config_file or (None,))]
@@ -349,8 +349,8 @@ def config_show(config_file, preset):
 @_cli_errors
 def failures(cache_dir, stages, stage_alias):
     """List the failure ledger (latest entry per shard that still has no output), tab-separated on stdout."""
-    from pipeline.store import CacheStore
-    from pipeline.verdicts import is_verdict
+    from pipeline.engine.store import CacheStore
+    from pipeline.engine.verdicts import is_verdict
 
     wanted = set(stages or ()) | ({stage_alias} if stage_alias else set())
     entries = CacheStore(cache_dir).failed_keys().values()
@@ -424,7 +424,7 @@ def manifest_group() -> None:
 @_cli_errors
 def manifest_affwild2(root: Path, out: Path, test_list: Path | None, track: str) -> None:
     """Scan an Aff-Wild2 tree and write a manifest; exit 1 when no trial matched a video."""
-    from pipeline.affwild2 import build_affwild2_manifest, format_report
+    from pipeline.sources.affwild2 import build_affwild2_manifest, format_report
 
     try:
         report = build_affwild2_manifest(root, out, track=track, test_list=test_list)
@@ -603,7 +603,7 @@ def ensemble(sources, out, split):
 @_cli_errors(also=(RuntimeError,))
 def demo(root, cache_dir, fusion, scheduler, workers, epochs, trials, seconds):
     """Build the embedded dataset, extract every stage, train, evaluate and predict."""
-    from fusion.demo_job import run_demo
+    from synthetic.demo_run import run_demo
 
     result = run_demo(root, cache_dir, fusion=fusion, scheduler=scheduler, workers=workers, epochs=epochs,
                       console=_console(), trials=trials, seconds=seconds)

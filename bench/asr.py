@@ -67,7 +67,7 @@ def extract_asr(manifest: Path, cache: Path, config: dict) -> dict:
 
 def shard_words(cache: Path, trial: str) -> list:
     from pipeline.asr.words import words_from_extras
-    from pipeline.shards import read_shard
+    from pipeline.engine.shards import read_shard
 
     (path,) = (cache / "shards" / "asr").glob(f"{trial}.*.h5")
     return words_from_extras(read_shard(path).extras)
@@ -100,7 +100,7 @@ def accuracy(media: Path, work: Path, config: dict) -> None:
 
 
 def timing(media: Path, cache: Path) -> None:
-    from pipeline.transcripts import read_transcript
+    from pipeline.sources.transcripts import read_transcript
 
     aligned = [(s.start, s.end, s.text) for s in read_transcript(media / "grid" / "swwp2s.align")]
     words = shard_words(cache, "id2_vcd_swwp2s")
@@ -127,8 +127,8 @@ def long_video(media: Path, path: Path, minutes: float, period: float) -> tuple[
     """One clip every `period` s, silence and music between, `minutes` long; returns (video, clip seconds)."""
     import numpy as np
 
-    from pipeline.decode import read_audio
-    from pipeline.media_fixtures import chord_music, moving_frames, write_video
+    from pipeline.media.decode import read_audio
+    from synthetic.media import chord_music, moving_frames, write_video
 
     clips = [read_audio(c).samples for c in sorted((media / "grid").glob("*.mpg"))
              + sorted((media / "cremad").glob("*.flv"))]

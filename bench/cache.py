@@ -20,7 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.shards import TIME_CHUNK, read_shard, verify_shard, write_shard  # noqa: E402
+from pipeline.engine.shards import TIME_CHUNK, read_shard, verify_shard, write_shard  # noqa: E402
 
 
 def _plain_write(path: Path, feats: np.ndarray) -> None:
@@ -85,10 +85,10 @@ def checksum_rows(root: Path, frames: int, dim: int = 512) -> list[tuple[str, st
 
 def planning_rows(root: Path, trials: int) -> list[tuple[str, str, str]]:
     """Engine scale (issue 12): planning, a fully cached re-run, `cache ls`/`verify` at Aff-Wild2 size."""
-    from fusion.synthetic_cache import write_synthetic_cache
+    from synthetic.cache import write_synthetic_cache
     from pipeline import extract
-    from pipeline.cache_admin import list_cache, verify_cache
-    from pipeline.manifest import Trial, read_manifest, write_manifest
+    from pipeline.engine.cache_admin import list_cache, verify_cache
+    from pipeline.sources.manifest import Trial, read_manifest, write_manifest
 
     videos = root / "videos"
     videos.mkdir()

@@ -5,7 +5,7 @@
 `affpipe --help`, `affpipe heads` and `affpipe config show` must answer in under a
 second: they import no torch, Dask or distributed (the heavy column says which
 of those a command loaded; it must read "-" for those three). `import
-pipeline.manifest` must not load Dask either. Each row is the median of
+pipeline.sources.manifest` must not load Dask either. Each row is the median of
 `--repeat` fresh interpreters (`python -X importtime`), so the numbers include
 Python's own start-up. Wall time depends on the machine's load (compare rows of
 one run); CPU time (user + system) hardly does, so "< 1 s" reads the smaller of the two.
@@ -28,7 +28,7 @@ ROWS: list[tuple[str, str]] = [
     ("affpipe --help", "import sys, cli; sys.argv = ['affpipe', '--help']; cli.main()"),
     ("affpipe heads", "import sys, cli; sys.argv = ['affpipe', 'heads']; cli.main()"),
     ("affpipe config show", "import sys, cli; sys.argv = ['affpipe', 'config', 'show']; cli.main()"),
-    ("import pipeline.manifest", "import pipeline.manifest"),
+    ("import pipeline.sources.manifest", "import pipeline.sources.manifest"),
     ("import pipeline (lazy)", "import pipeline"),
     ("baseline: python -c pass", "pass"),
 ]

@@ -39,7 +39,7 @@ from pipeline import extract
 kind = {kind!r}
 t0 = time.time()
 if kind == "decode":
-    from pipeline.decode import iter_frames, probe_video
+    from pipeline.media.decode import iter_frames, probe_video
     frames = 0
     for m in {videos!r}:
         n = probe_video(m).n_decoded
@@ -71,7 +71,7 @@ def make_720p(path: Path, seconds: float) -> Path:
     from matplotlib import cbook
     from PIL import Image
 
-    from pipeline.media_fixtures import tone, write_video
+    from synthetic.media import tone, write_video
 
     face = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((360, 480))
     face = np.asarray(face)
@@ -144,8 +144,8 @@ def faces_agreement(cache: Path) -> dict[str, float]:
     """Track-guided vs full-frame faces shards of every trial in `cache` (both at detect_every 1, scale 1)."""
     import numpy as np
 
-    from pipeline.guided_detection import agreement
-    from pipeline.shards import read_shard
+    from pipeline.media.guided_detection import agreement
+    from pipeline.engine.shards import read_shard
 
     by_trial: dict[str, dict[bool, object]] = {}
     for path in sorted((cache / "shards" / "faces").glob("*.h5")):
@@ -212,7 +212,7 @@ LONG_STAGES = ["probe", "faces", "visual", "audio"]
 
 
 def long_video_rows(tmp: Path, seconds: float, split_frames: int, workers: int = 2) -> list[dict]:
-    """One long 720p video, 1 worker vs `workers` workers (frame-range parts, pipeline.ranges), fresh caches."""
+    """One long 720p video, 1 worker vs `workers` workers (frame-range parts, pipeline.engine.ranges), fresh caches."""
     v = make_720p(tmp / f"long_{int(seconds)}s.mp4", seconds)
     m = tmp / "long.csv"
     m.write_text(f"trial,video,split\nlong,{v},train\n")
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
-    """Long video across workers and overlap of stages (pipeline.ranges, issue 12), printed as they finish."""
+    """Long video across workers and overlap of stages (pipeline.engine.ranges, issue 12), printed as they finish."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         long_rows = long_video_rows(tmp, args.long_seconds, args.split_frames) if args.long_seconds else []

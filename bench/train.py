@@ -5,7 +5,7 @@
     .venv/bin/python bench/train.py --heads concat,lfan --devices cpu --workers 0,2
 
 The synthetic cache is real HDF5 shards (visual 512 + audio 128 float16, text
-384 as segment embeddings) at the keys `pipeline.reader` computes, in a temp
+384 as segment embeddings) at the keys `pipeline.engine.reader` computes, in a temp
 dir (or --keep DIR to reuse it), read through the same code path as training.
 The table answers one question first: is the loader faster than the fastest
 head trains? (It must be: a GPU waiting on HDF5 is money burnt.)
@@ -33,7 +33,7 @@ DIMS = {"visual": 512, "audio": 128, "text": 384}
 
 def make_dataset(root: Path, frames: int, trials: int, seed: int = 0) -> tuple[Path, dict[str, int]]:
     """Manifest of `trials` train/val trials (Aff-Wild2 proportions) whose lengths sum to `frames`."""
-    from pipeline.manifest import Trial, write_manifest
+    from pipeline.sources.manifest import Trial, write_manifest
 
     rng = np.random.default_rng(seed)
     weights = rng.lognormal(0.0, 0.6, size=trials)
@@ -56,8 +56,8 @@ def make_dataset(root: Path, frames: int, trials: int, seed: int = 0) -> tuple[P
 def build_cache(root: Path, frames: int, trials: int) -> tuple[Path, Path, dict[str, int]]:
     from rich.progress import Progress
 
-    from fusion.synthetic_cache import write_synthetic_cache
-    from pipeline.manifest import read_manifest
+    from synthetic.cache import write_synthetic_cache
+    from pipeline.sources.manifest import read_manifest
 
     manifest, lengths = make_dataset(root, frames, trials)
     cache = root / "cache"

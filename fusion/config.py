@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, load_config_file
-from pipeline.settings import build_settings
+from pipeline.engine.config import ConfigError, load_config_file
+from pipeline.engine.settings import build_settings
 
 DEFAULT_STAGE_MAP = {"visual": "visual", "audio": "audio", "text": "text"}
 
@@ -109,7 +109,7 @@ class TrainConfig:
 def train_config_from_dict(values: dict[str, Any] | None, source: str = "config") -> TrainConfig:
     """A TrainConfig from a ``train`` section, through the settings schema every stage uses.
 
-    Values are coerced or refused by `pipeline.settings.build_settings` (unknown
+    Values are coerced or refused by `pipeline.engine.settings.build_settings` (unknown
     names and wrong types are errors), then checked by `TrainConfig.__post_init__`.
     Two conveniences on top: ``modalities`` may be ``"visual,audio"`` like the CLI
     flag, and a partial ``stage_map`` extends the defaults instead of replacing them.
@@ -144,7 +144,7 @@ def show_config(config: dict[str, Any] | str | Path | None = None) -> dict[str, 
     (`train_config_from_dict`), so it refuses exactly what they refuse. Imports
     no torch: the command answers in well under a second.
     """
-    from pipeline.config import show_config as show_stages
+    from pipeline.engine.config import show_config as show_stages
 
     resolved = show_stages(config)
     if isinstance(config, (str, Path)):

@@ -1,6 +1,6 @@
 """From cached shards to model windows: windowing, normalisation statistics, Dataset.
 
-The trainer reads only the shard cache (through `pipeline.reader`), never the
+The trainer reads only the shard cache (through `pipeline.engine.reader`), never the
 videos. Three decisions live here because every consumer (training, val
 inference, test prediction, the benchmark) must make them identically:
 
@@ -80,7 +80,7 @@ def window_index(lengths: Sequence[int], window: int, hop: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# reader protocol (pipeline.reader.CacheReader satisfies it)
+# reader protocol (pipeline.engine.reader.CacheReader satisfies it)
 # --------------------------------------------------------------------------------------------
 class TrialArraysLike(Protocol):
     trial: str
@@ -365,11 +365,11 @@ class ReaderSpec:
     """How a worker process opens its own reader (HDF5 handles do not survive fork/pickle)."""
 
     cache_dir: Path
-    trials: tuple[Any, ...]  # pipeline.manifest.Trial records
+    trials: tuple[Any, ...]  # pipeline.sources.manifest.Trial records
     config: Any  # dict | Path | None, as given to open_cache
 
     def open(self) -> ReaderLike:
-        from pipeline.reader import open_cache
+        from pipeline.engine.reader import open_cache
 
         return open_cache(self.cache_dir, list(self.trials), self.config)
 
@@ -572,7 +572,7 @@ def itemsizes(reader: ReaderLike, trial_id: str, stages: Sequence[str]) -> dict[
 # --------------------------------------------------------------------------------------------
 def probe_lengths(reader: Any, trial_ids: Sequence[str]) -> list[int]:
     """Decoded frame count of each trial, from the probe shards' attributes (no arrays read)."""
-    from pipeline.shards import read_attrs
+    from pipeline.engine.shards import read_attrs
 
     return [int(read_attrs(reader.shard_path(t, "probe"))["n_frames"]) for t in trial_ids]
 

@@ -138,7 +138,7 @@ def skip_verdicts(reader: Any, ids: Sequence[str], stages: Sequence[str], strict
     with `strict`, refused. Trials failed by a real error are kept: `require`
     then stops the run and `affpipe failures` tells how to retry them.
     """
-    from pipeline.verdicts import is_verdict
+    from pipeline.engine.verdicts import is_verdict
 
     verdicts = {t: v for t, v in reader.unavailable(stages).items() if t in set(ids) and is_verdict(v[1])}
     if not verdicts:
@@ -160,8 +160,8 @@ def open_split(run: RunInfo, manifest: str | Path, cache: str | Path, split: str
     with `strict`, refused; without it (predict: a submission needs every trial)
     every trial must have its shards.
     """
-    from pipeline.manifest import read_manifest
-    from pipeline.reader import open_cache
+    from pipeline.sources.manifest import read_manifest
+    from pipeline.engine.reader import open_cache
 
     trials = read_manifest(manifest)
     ids = split_trial_ids(run, trials, split)
@@ -233,7 +233,7 @@ def run_on_split(run: str | Path, manifest: str | Path, cache: str | Path, split
                  device: str | None, progress: bool, title: str, warn: Callable[[str], None] | None = None,
                  strict: bool = False) -> tuple[RunInfo, dict[str, np.ndarray], Any, Any]:
     """A run's best checkpoint over every window of one split: (run info, per-frame predictions, dataset, reader)."""
-    from pipeline.resources import resolve_device
+    from pipeline.engine.resources import resolve_device
 
     info = open_run(run)
     dev = torch.device(resolve_device(device or info.train.device))

@@ -86,8 +86,8 @@ def predict(run: str | Path, manifest: str | Path, cache: str | Path, out: str |
 def expected_frames(manifest: str | Path, cache: str | Path, split: str,
                     config: dict[str, Any] | str | Path | None = None) -> dict[str, int]:
     """Trial -> decoded frame count (probe shard) for every trial of `split` in the manifest."""
-    from pipeline.manifest import read_manifest
-    from pipeline.reader import open_cache
+    from pipeline.sources.manifest import read_manifest
+    from pipeline.engine.reader import open_cache
 
     from .data import probe_lengths
 

@@ -111,7 +111,7 @@ def _splits(trials: list[Any], fold: int | None, n_folds: int) -> tuple[list[str
 
 
 def _versions() -> dict[str, str]:
-    from pipeline.worker import library_versions
+    from pipeline.engine.worker import library_versions
 
     return {**library_versions(), "python": sys.version.split()[0]}
 
@@ -179,8 +179,8 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     else every DataLoader worker opens its own reader and loads trials lazily.
     Trials with input verdicts in the ledger are skipped (or refused: `strict`).
     """
-    from pipeline.manifest import read_manifest
-    from pipeline.reader import open_cache
+    from pipeline.sources.manifest import read_manifest
+    from pipeline.engine.reader import open_cache
 
     bar = bar or _TrainProgress(False)
     trials = read_manifest(manifest)
@@ -245,7 +245,7 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
 def _check_learnable(reader: Any, raw: dict | None, train_ids: Sequence[str], cfg: TrainConfig, n_windows: int,
                      warn: Callable[[str], None]) -> None:
     """Refuse a run with no labelled training frame; warn when an epoch has too few optimizer steps."""
-    from pipeline.shards import read_attrs
+    from pipeline.engine.shards import read_attrs
 
     labelled = 0
     for t in train_ids:
@@ -276,7 +276,7 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
     Trials whose extraction ended in an input verdict (ledger kind such as
     ``no-face``) are skipped with a warning, or refused with `strict`.
     """
-    from pipeline.resources import resolve_device
+    from pipeline.engine.resources import resolve_device
 
     out = Path(out)
     cfg, extract_config = _resolve_config(config)

@@ -5,8 +5,13 @@ Python API (mirrors the CLI):
     pipeline.open_cache(cache, manifest, config=None).load(trial, ["visual", "audio", "labels"])
 
 The names below are resolved on first use (module ``__getattr__``), so that
-``import pipeline.manifest`` or ``affpipe config show`` does not pay for Dask,
+``import pipeline.sources.manifest`` or ``affpipe config show`` does not pay for Dask,
 h5py and the runner: the package is imported by every submodule import.
+
+Layout: `engine` (stage contract, keys and plans, Dask runner, shard store, reader),
+`media` (decode, align, track), `models` (networks and their weights), `sources`
+(manifest, Aff-Wild2 layout, annotations, transcripts), `stages` (one file per
+stage), `asr` (speech recognition for trials without transcripts).
 """
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ from typing import Any
 
 #: public name -> submodule that defines it
 _EXPORTS = {
-    "extract": "runner", "ExtractSummary": "runner",
-    "open_cache": "reader", "CacheReader": "reader", "TrialArrays": "reader", "MissingShardsError": "reader",
-    "read_manifest": "manifest", "write_manifest": "manifest", "Trial": "manifest", "ManifestError": "manifest",
+    "extract": "engine.runner", "ExtractSummary": "engine.runner",
+    "open_cache": "engine.reader", "CacheReader": "engine.reader", "TrialArrays": "engine.reader",
+    "MissingShardsError": "engine.reader",
+    "read_manifest": "sources.manifest", "write_manifest": "sources.manifest", "Trial": "sources.manifest",
+    "ManifestError": "sources.manifest",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,7 @@
 
 Videos are written here (PyAV), then `pipeline.extract` computes the real
 probe, labels and audio (MFCC) shards; the visual shards are synthesised at the
-keys the reader computes (`fusion.synthetic_cache`), because real face
+keys the reader computes (`synthetic.cache`), because real face
 embeddings need faces and minutes of MTCNN. The visual features mix the real
 labels with noise, so training on them must learn.
 
@@ -51,9 +51,9 @@ def _curves(rng: np.random.Generator, n: int) -> np.ndarray:
 def build(root: Path) -> FusionCache:
     """Write videos, annotations and a manifest under `root`, then extract and synthesise the cache."""
     from pipeline import extract, read_manifest
-    from pipeline.media_fixtures import moving_frames, write_video
+    from synthetic.media import moving_frames, write_video
 
-    from fusion.synthetic_cache import write_synthetic_cache
+    from synthetic.cache import write_synthetic_cache
 
     root.mkdir(parents=True, exist_ok=True)
     rows = ["trial,video,split,annotation"]

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.affwild2 import AffWild2Error, build_affwild2_manifest, format_report, read_test_list
-from pipeline.manifest import read_manifest
+from pipeline.sources.affwild2 import AffWild2Error, build_affwild2_manifest, format_report, read_test_list
+from pipeline.sources.manifest import read_manifest
 
 VA_LINES = "valence,arousal\n0.1,0.2\n-5,-5\n0.3,-0.4\n"
 TEST_LIST = "Valence_Arousal_Estimation_Challenge_test_set_release.txt"

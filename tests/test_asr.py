@@ -15,13 +15,13 @@ from pipeline import extract
 from pipeline.asr.backends import whisper_words
 from pipeline.asr.vad import Window, stitch
 from pipeline.asr.words import AsrWord, to_json, transcript_segments, words_from_extras
-from pipeline.decode import probe_video, read_audio
-from pipeline.manifest import Trial
-from pipeline.media_fixtures import chord_music, moving_frames, write_video
-from pipeline.shards import read_shard, verify_shard
+from pipeline.media.decode import probe_video, read_audio
+from pipeline.sources.manifest import Trial
+from synthetic.media import chord_music, moving_frames, write_video
+from pipeline.engine.shards import read_shard, verify_shard
 from pipeline.stages.asr import AsrStage
-from pipeline.store import CacheStore
-from pipeline.transcripts import read_transcript
+from pipeline.engine.store import CacheStore
+from pipeline.sources.transcripts import read_transcript
 
 SR = 16000
 

@@ -21,14 +21,14 @@ from click.testing import CliRunner
 
 import cli
 from pipeline import extract, open_cache
-from pipeline.cache_admin import collect_garbage, verify_cache
-from pipeline.config import build_stages
-from pipeline.decode import probe_video
-from pipeline.manifest import read_manifest
-from pipeline.plan import make_plan, stage_order
-from pipeline.shards import ShardError, read_shard
-from pipeline.stage import STAGES, Stage, StageOutput
-from pipeline.store import CacheBusyError, CacheStore
+from pipeline.engine.cache_admin import collect_garbage, verify_cache
+from pipeline.engine.config import build_stages
+from pipeline.media.decode import probe_video
+from pipeline.sources.manifest import read_manifest
+from pipeline.engine.plan import make_plan, stage_order
+from pipeline.engine.shards import ShardError, read_shard
+from pipeline.engine.stage import STAGES, Stage, StageOutput
+from pipeline.engine.store import CacheBusyError, CacheStore
 
 REPO = Path(__file__).resolve().parents[1]
 CHEAP = ["probe", "audio", "labels"]
@@ -348,7 +348,7 @@ def test_verify_repair_removes_bad_shards_and_gc_cleans_leftovers(small):
 
 
 def test_nan_in_text_embeddings_is_damage_but_nan_boxes_of_faceless_frames_are_not(tmp_path):
-    from pipeline.shards import verify_shard, write_shard
+    from pipeline.engine.shards import verify_shard, write_shard
 
     n = 10
     valid = np.ones(n, dtype=bool)

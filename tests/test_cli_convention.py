@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import cli
 from fusion.head_names import HEAD_NAMES
-from pipeline.names import STAGE_NAMES
+from pipeline.engine.names import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "dask", "distributed")
@@ -42,13 +42,13 @@ def test_help_heads_and_config_show_import_no_torch_dask_or_distributed(argv):
 
 
 def test_manifest_reader_imports_no_dask():
-    mods = _imported_modules("import pipeline.manifest")
+    mods = _imported_modules("import pipeline.sources.manifest")
     assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
 
 
 def test_lazy_package_exports_still_resolve():
     import pipeline
-    from pipeline.runner import extract
+    from pipeline.engine.runner import extract
 
     assert pipeline.extract is extract and "open_cache" in dir(pipeline)
     with pytest.raises(AttributeError):
@@ -58,7 +58,7 @@ def test_lazy_package_exports_still_resolve():
 def test_name_lists_equal_the_registries():
     """The torch-free choice lists cannot drift from what the registries accept."""
     from fusion.models import list_heads
-    from pipeline.stage import STAGES
+    from pipeline.engine.stage import STAGES
     import pipeline.stages  # noqa: F401  (registers every stage)
 
     assert sorted(HEAD_NAMES) == list_heads()
@@ -159,7 +159,7 @@ def test_config_show_prints_every_default_training_included(tmp_path):
 ])
 def test_config_show_refuses_what_train_and_extract_refuse(bad, words, tmp_path):
     from fusion.config import load_config
-    from pipeline.config import ConfigError, build_stages
+    from pipeline.engine.config import ConfigError, build_stages
 
     cfg = tmp_path / "bad.json"
     cfg.write_text(json.dumps(bad))

@@ -13,8 +13,8 @@ import numpy as np
 from click.testing import CliRunner
 
 import cli
-from pipeline.media_fixtures import write_video
-from pipeline.verdicts import EXIT_ERRORS, EXIT_VERDICTS
+from synthetic.media import write_video
+from pipeline.engine.verdicts import EXIT_ERRORS, EXIT_VERDICTS
 
 
 def _extract(manifest: Path, cache: Path, *extra: str):

@@ -1,4 +1,4 @@
-"""pipeline.decode on the real clips and on videos written here (frame counts, times, errors, audio offset)."""
+"""pipeline.media.decode on the real clips and on videos written here (frame counts, times, errors, audio offset)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.decode import iter_frames, probe_video, read_audio
-from pipeline.media_fixtures import beep_track, frame_index, moving_frames, tone, write_audio, write_video
-from pipeline.stage import StageError
+from pipeline.media.decode import iter_frames, probe_video, read_audio
+from synthetic.media import beep_track, frame_index, moving_frames, tone, write_audio, write_video
+from pipeline.engine.stage import StageError
 
 av = pytest.importorskip("av")
 

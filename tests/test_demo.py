@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.annotations import read_va
-from pipeline.demo import (AUDIO_SR, NEGATIVE_WORDS, POSITIVE_WORDS, STAMP_NAME, build_demo_dataset,
+from pipeline.sources.annotations import read_va
+from synthetic.demo_data import (AUDIO_SR, NEGATIVE_WORDS, POSITIVE_WORDS, STAMP_NAME, build_demo_dataset,
                            dataset_digest, read_words, split_counts, word_class)
-from pipeline.manifest import read_manifest
-from pipeline.transcripts import read_transcript
+from pipeline.sources.manifest import read_manifest
+from pipeline.sources.transcripts import read_transcript
 
 decord = pytest.importorskip("decord")
 

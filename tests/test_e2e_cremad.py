@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import cli
 from pipeline import extract
-from pipeline.decode import probe_video
+from pipeline.media.decode import probe_video
 
 EMOTION_VA = {"ANG": (-0.5, 0.8), "DIS": (-0.6, 0.3), "FEA": (-0.6, 0.7), "HAP": (0.8, 0.5),
               "NEU": (0.0, 0.0), "SAD": (-0.7, -0.5)}

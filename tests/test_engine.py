@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 import cli
 from pipeline import extract, open_cache, read_manifest
-from pipeline.cache_admin import verify_cache
-from pipeline.shards import read_shard
-from pipeline.store import CacheStore
+from pipeline.engine.cache_admin import verify_cache
+from pipeline.engine.shards import read_shard
+from pipeline.engine.store import CacheStore
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES_ALL = ["probe", "faces", "visual", "audio", "asr", "text", "labels"]
@@ -35,7 +35,7 @@ def write_va(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def n_frames(video: Path) -> int:
-    from pipeline.decode import probe_video
+    from pipeline.media.decode import probe_video
 
     return probe_video(video).n_decoded
 
@@ -303,7 +303,7 @@ def test_faceless_and_silent_videos_lose_nothing_cached(tmp_path, shared_media):
     """A video with no face fails `faces` into the ledger (visual blocked); one without audio is legitimate."""
     import decord
 
-    from pipeline.media_fixtures import moving_frames, tone, write_video
+    from synthetic.media import moving_frames, tone, write_video
 
     good = shared_media / "grid" / "bbaf2n.mpg"
     noface = write_video(tmp_path / "noface.mp4", moving_frames(30, 64, 96), 25, audio=tone(1.2))

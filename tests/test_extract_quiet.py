@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import cli
-from pipeline.decode import probe_video
+from pipeline.media.decode import probe_video
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = ("grid/bbaf2n.mpg", "cremad/1001_DFA_ANG_XX.flv")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.align import align_faces, similarity_transform, template, template_for_image, transform_points
-from pipeline.manifest import Trial
-from pipeline.stage import ShardData, StageError
+from pipeline.media.align import align_faces, similarity_transform, template, template_for_image, transform_points
+from pipeline.sources.manifest import Trial
+from pipeline.engine.stage import ShardData, StageError
 from pipeline.stages.faces import FacesStage, aligned_image_path, mtcnn_weight_files
-from pipeline.tracking import TrackParams, choose_subject, fill_between, iou, match, track_subject
+from pipeline.media.tracking import TrackParams, choose_subject, fill_between, iou, match, track_subject
 
 CLIPS = ["cremad/1001_DFA_ANG_XX.flv", "cremad/1001_DFA_DIS_XX.flv", "cremad/1001_DFA_FEA_XX.flv",
          "cremad/1001_DFA_HAP_XX.flv", "cremad/1001_DFA_NEU_XX.flv", "cremad/1001_DFA_SAD_XX.flv",
@@ -25,7 +25,7 @@ CLIPS = ["cremad/1001_DFA_ANG_XX.flv", "cremad/1001_DFA_DIS_XX.flv", "cremad/100
 @functools.lru_cache(maxsize=None)
 def probe_shard(video: Path) -> ShardData:
     """The upstream probe shard as the engine would hand it over, built from the real decoder."""
-    from pipeline.decode import probe_video
+    from pipeline.media.decode import probe_video
 
     p = probe_video(video, isolate=False)
     n = int(p.n_decoded)
@@ -253,7 +253,7 @@ def test_track_guided_detection_agrees_with_full_frame_detection(full_detection,
 
     Each guided frame is a real detection (O-Net scores, regresses and places landmarks on that frame),
     so no frame is filled in; most are the cheap O-Net step, some full-frame (the periodic refresh)."""
-    from pipeline.guided_detection import agreement
+    from pipeline.media.guided_detection import agreement
 
     for clip, (full, probe) in full_detection.items():
         guided, _ = guided_detection[clip]
@@ -272,7 +272,7 @@ def test_track_guided_detection_agrees_with_full_frame_detection(full_detection,
 
 
 def _decode(video: Path, n: int) -> np.ndarray:
-    from pipeline.decode import iter_frames
+    from pipeline.media.decode import iter_frames
 
     return np.concatenate([c for _, c in iter_frames(video, n)])
 
@@ -342,7 +342,7 @@ def test_aligned_faces_mode_reads_images_and_marks_gaps(tmp_path, shared_media):
 
 
 def test_video_without_a_face_raises_no_face(tmp_path):
-    from pipeline.media_fixtures import write_video
+    from synthetic.media import write_video
 
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 255, (24, 120, 160, 3), dtype=np.uint8)

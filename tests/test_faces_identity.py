@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.guided_detection import SceneCuts
-from pipeline.tracking import SubjectTracker, TrackParams, fill_between
+from pipeline.media.guided_detection import SceneCuts
+from pipeline.media.tracking import SubjectTracker, TrackParams, fill_between
 
 from test_faces import box
 
@@ -78,7 +78,7 @@ def canvas(frame: np.ndarray, h: int, w: int, fill: int = 96) -> np.ndarray:
 @pytest.fixture(scope="module")
 def two_person_video(shared_media, tmp_path_factory):
     """A (frames 0-23) | empty (24-39) | B enters (40-63) | cut back to A (64-87), 25 fps, real faces."""
-    from pipeline.media_fixtures import write_video
+    from synthetic.media import write_video
     from test_faces import _decode
 
     a = _decode(shared_media / "cremad" / "1001_DFA_ANG_XX.flv", 48)
@@ -90,8 +90,8 @@ def two_person_video(shared_media, tmp_path_factory):
 
 def test_two_person_video_records_the_switch_and_the_return(two_person_video, tmp_path):
     from pipeline import extract
-    from pipeline.manifest import read_manifest
-    from pipeline.reader import open_cache
+    from pipeline.sources.manifest import read_manifest
+    from pipeline.engine.reader import open_cache
 
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"trial,video,split\ntwo,{two_person_video},train\n")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import ManifestError, Trial, read_manifest, write_manifest
+from pipeline.sources.manifest import ManifestError, Trial, read_manifest, write_manifest
 
 HEADER = "trial,video,split"
 
@@ -270,7 +270,7 @@ def test_trial_id_over_the_file_name_limit_is_refused_at_read(tmp_path):
     from click.testing import CliRunner
 
     import cli
-    from pipeline.manifest import MAX_TRIAL_BYTES
+    from pipeline.sources.manifest import MAX_TRIAL_BYTES
 
     longest = "a" * MAX_TRIAL_BYTES
     ok = write(tmp_path, f"{HEADER}\nshort,v.mp4,train\n{longest},v.mp4,train\n")

@@ -7,8 +7,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import cli
-from pipeline.demo import build_demo_dataset
-from pipeline.manifest import read_manifest
+from synthetic.demo_data import build_demo_dataset
+from pipeline.sources.manifest import read_manifest
 from test_affwild2 import TEST_LIST, abaw2022_tree
 
 REPO = Path(__file__).resolve().parents[1]

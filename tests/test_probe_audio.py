@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import vggish as vg
-from pipeline.decode import probe_video, read_audio
-from pipeline.manifest import Trial
-from pipeline.resources import LOAD_COUNTS
-from pipeline.media_fixtures import beep_track, moving_frames, tone, write_video
-from pipeline.stage import ShardData, StageError
+from pipeline.models import vggish as vg
+from pipeline.media.decode import probe_video, read_audio
+from pipeline.sources.manifest import Trial
+from pipeline.engine.resources import LOAD_COUNTS
+from synthetic.media import beep_track, moving_frames, tone, write_video
+from pipeline.engine.stage import ShardData, StageError
 from pipeline.stages.audio import PATCH_PAD_ROWS, AudioStage, log_mel_rows, mfcc_rows
 from pipeline.stages.probe import ProbeStage
 

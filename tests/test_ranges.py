@@ -1,4 +1,4 @@
-"""Long videos across workers: frame-range parts assembled into one shard (pipeline.ranges), on real clips."""
+"""Long videos across workers: frame-range parts assembled into one shard (pipeline.engine.ranges), on real clips."""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 import cli
 from pipeline import extract
-from pipeline.cache_admin import list_cache, verify_cache
-from pipeline.decode import iter_frames, probe_video
-from pipeline.ranges import n_parts, part_ranges
+from pipeline.engine.cache_admin import list_cache, verify_cache
+from pipeline.media.decode import iter_frames, probe_video
+from pipeline.engine.ranges import n_parts, part_ranges
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = "cremad/1001_DFA_ANG_XX.flv"  # 67 frames: three parts of <= 32 frames with split_frames 20

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.sources.manifest import read_manifest, write_manifest
 from test_affwild2 import TEST_LIST, abaw2022_tree
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.annotations import AnnotationError, read_au, read_expr, read_va
-from pipeline.decode import probe_video
-from pipeline.manifest import Trial, read_manifest
-from pipeline.resources import LOAD_COUNTS
-from pipeline.shards import read_shard, write_shard
-from pipeline.stage import ShardData, StageError, StageOutput
+from pipeline.sources.annotations import AnnotationError, read_au, read_expr, read_va
+from pipeline.media.decode import probe_video
+from pipeline.sources.manifest import Trial, read_manifest
+from pipeline.engine.resources import LOAD_COUNTS
+from pipeline.engine.shards import read_shard, write_shard
+from pipeline.engine.stage import ShardData, StageError, StageOutput
 from pipeline.stages.labels import POLICY_TEXT, LabelsStage
 from pipeline.stages.text import TextStage, expand_text, resolve_model_path
 
@@ -159,9 +159,9 @@ def test_trial_without_transcript_never_loads_the_model(clip):
     # A fresh process: this module's other tests load the model into this one.
     code = (
         "import numpy as np\n"
-        "from pipeline.manifest import Trial\n"
-        "from pipeline.resources import LOAD_COUNTS\n"
-        "from pipeline.stage import ShardData\n"
+        "from pipeline.sources.manifest import Trial\n"
+        "from pipeline.engine.resources import LOAD_COUNTS\n"
+        "from pipeline.engine.stage import ShardData\n"
         "from pipeline.stages.text import TextStage\n"
         "probe = ShardData(stage='probe', key='k', path=None, frame=np.arange(5), time=np.arange(5) * 0.04,\n"
         "                  features=None, valid=None, extras={}, attrs={})\n"

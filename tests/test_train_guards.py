@@ -199,7 +199,7 @@ def test_one_step_per_epoch_warns_with_the_numbers_and_lr_cuts_are_reported(data
 def _faceless_manifest(data: fc.FusionCache, tmp_path: Path, cache: Path) -> Path:
     """The session manifest plus a train and a val trial whose `faces` failed `no-face` (visual blocked)."""
     from pipeline import extract
-    from pipeline.media_fixtures import write_video
+    from synthetic.media import write_video
 
     rng = np.random.default_rng(0)
     rows = data.manifest.read_text().splitlines()

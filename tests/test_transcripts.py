@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.transcripts import Segment, TranscriptError, read_transcript
+from pipeline.sources.transcripts import Segment, TranscriptError, read_transcript
 
 
 def write(tmp_path: Path, name: str, text: str, *, bom: bool = False, crlf: bool = False) -> Path:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import vggish as vg
-from pipeline.decode import probe_video
-from pipeline.manifest import Trial
-from pipeline.media_fixtures import tone, moving_frames, write_video
-from pipeline.stage import ShardData
+from pipeline.models import vggish as vg
+from pipeline.media.decode import probe_video
+from pipeline.sources.manifest import Trial
+from synthetic.media import tone, moving_frames, write_video
+from pipeline.engine.stage import ShardData
 from pipeline.stages.audio import AudioStage
 
 

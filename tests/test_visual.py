@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import (FACENET_ENV, FACENET_FILE, FACENET_URL, get_spec, load_backbone,
+from pipeline.models.backbones import (FACENET_ENV, FACENET_FILE, FACENET_URL, get_spec, load_backbone,
                                 onet_weights_path, resolve_facenet_weights)
-from pipeline.manifest import Trial
-from pipeline.shards import read_shard, write_shard
-from pipeline.stage import ShardData, StageError
+from pipeline.sources.manifest import Trial
+from pipeline.engine.shards import read_shard, write_shard
+from pipeline.engine.stage import ShardData, StageError
 from pipeline.stages.faces import FacesStage, aligned_image_path
 from pipeline.stages.visual import VisualStage
 
@@ -38,7 +38,7 @@ def sha256(path: Path) -> str:
 
 
 def probe_shard(video: Path) -> ShardData:
-    from pipeline.decode import probe_video
+    from pipeline.media.decode import probe_video
 
     p = probe_video(video, isolate=False)
     n = int(p.n_decoded)
@@ -85,13 +85,13 @@ def run_visual(trial, probe, faces, **settings):
 # --- the offline default -----------------------------------------------------------------------------
 
 def decode_all(video: Path, n: int) -> np.ndarray:
-    from pipeline.decode import iter_frames
+    from pipeline.media.decode import iter_frames
 
     return np.concatenate([c for _, c in iter_frames(video, n)])
 
 
 def test_onet_default_gives_256d_float16_identical_across_runs(clip):
-    from pipeline.align import align_faces
+    from pipeline.media.align import align_faces
 
     trial, probe, faces = clip
     n = probe.n_frames
@@ -207,7 +207,7 @@ def test_facenet_weights_load_from_cache_env_or_setting_and_missing_is_clear(cli
 
 
 def test_ir50_weights_load_from_a_named_file_only(clip, tmp_path):
-    from pipeline.ir50 import IR50
+    from pipeline.models.ir50 import IR50
 
     trial, probe, faces = clip
     with pytest.raises(StageError) as err:
@@ -257,7 +257,7 @@ def test_aligned_faces_mode_matches_video_mode_embeddings(clip, tmp_path):
     """Crops written as jpgs and read back in aligned_faces mode embed like the video-mode crops."""
     from PIL import Image
 
-    from pipeline.align import align_faces
+    from pipeline.media.align import align_faces
 
     trial, probe, faces = clip
     n = probe.n_frames
@@ -301,7 +301,7 @@ def test_facenet_crop_is_an_mtcnn_box_crop_with_margin(shared_media):
     from facenet_pytorch import MTCNN
     from PIL import Image
 
-    from pipeline.align import align_faces, box_crops, template
+    from pipeline.media.align import align_faces, box_crops, template
 
     video = shared_media / "cremad" / "1001_DFA_ANG_XX.flv"
     frame = decode_all(video, 21)[20]
@@ -334,8 +334,8 @@ def test_facenet_crop_is_an_mtcnn_box_crop_with_margin(shared_media):
 
 def test_visual_stage_crops_facenet_by_box_and_ir50_by_template(clip):
     """The stage embeds exactly box_crops(frames, stored boxes) for facenet; ir50 reads (x - 127.5) / 127.5."""
-    from pipeline.align import align_faces, box_crops
-    from pipeline.ir50 import IR50
+    from pipeline.media.align import align_faces, box_crops
+    from pipeline.models.ir50 import IR50
 
     trial, probe, faces = clip
     valid = np.zeros(probe.n_frames, bool)

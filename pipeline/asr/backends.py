@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..stage import StageError
+from ..engine.stage import StageError
 from .vad import SAMPLE_RATE
 from .words import AsrWord
 
@@ -127,8 +127,8 @@ class FasterWhisper:
         self.model = WhisperModel(str(model_dir), device=device, compute_type=compute_type, local_files_only=True)
 
     def identity(self) -> dict[str, str]:
-        from ..backbones import sha256_file
-        from ..resources import get_model
+        from ..models.backbones import sha256_file
+        from ..engine.resources import get_model
 
         f = self.model_dir / "model.bin"
         sha = get_model(("sha256", str(f), f.stat().st_size, f.stat().st_mtime_ns), lambda: sha256_file(f))

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..manifest import read_manifest, write_manifest
-from ..reader import open_cache
-from ..shards import read_shard
+from ..sources.manifest import read_manifest, write_manifest
+from ..engine.reader import open_cache
+from ..engine.shards import read_shard
 from .words import words_from_extras, write_transcript
 
 FORMATS = ("json", "srt")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..transcripts import Segment, Word
+from ..sources.transcripts import Segment, Word
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ obtained theirs by speech recognition). The text stage reads this stage's words 
 trial whose manifest row has no `transcript` (a manifest transcript always wins), and
 `affpipe transcripts export` writes them as JSON/SRT for a person to inspect or correct.
 
-Audio: decoded exactly as the audio stage decodes it (`pipeline.decode.read_audio`, mono,
+Audio: decoded exactly as the audio stage decodes it (`pipeline.media.decode.read_audio`, mono,
 16 kHz, placed on the video's time axis), so word times share the probe's clock. Then Silero
 VAD finds speech, long speech is cut into bounded overlapping windows and stitched by time
 (`pipeline.asr.vad`), and each window goes to the recogniser (`pipeline.asr.backends`).
@@ -35,10 +35,10 @@ import numpy as np
 
 from ..asr import backends, vad
 from ..asr.words import AsrWord, words_to_extras
-from ..decode import read_audio
-from ..manifest import Trial
-from ..resources import get_model, resolve_device
-from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+from ..media.decode import read_audio
+from ..sources.manifest import Trial
+from ..engine.resources import get_model, resolve_device
+from ..engine.stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
 
 BACKENDS = ("pocketsphinx", "faster-whisper")
 

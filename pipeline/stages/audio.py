@@ -1,7 +1,7 @@
 """The `audio` stage: one audio feature row per decoded video frame (MFCC, VGGish log-mel, VGGish).
 
 Alignment: the audio is decoded with decord and placed on the video's time axis
-(`pipeline.decode.read_audio`: video time t plays sample round((t - start) * sr);
+(`pipeline.media.decode.read_audio`: video time t plays sample round((t - start) * sr);
 the start offset comes from the stream timestamps, so a track that starts late or
 early lands on the right frames). Frame i's time t_i is the probe's decoder
 timestamp, so variable frame rate is handled by time, not index.
@@ -13,7 +13,7 @@ Models (``settings.model``):
   time j * 10 ms; frame i takes row round((t_i - start) / 0.01), LFAN's
   round(i / fps / 0.01) generalised to real timestamps and audio offsets.
 - ``logmel`` (96 x 64 = 6144-d, float16, RJCMA): VGGish's front end
-  (`pipeline.vggish.log_mel`), one 0.96 s patch of 96 rows per frame. Choice:
+  (`pipeline.models.vggish.log_mel`), one 0.96 s patch of 96 rows per frame. Choice:
   the patch is CENTRED on the frame time (rows j0 .. j0+95 with the span's
   centre nearest t_i), so a frame sees the speech around it. The uncentred
   framing (patch i starting at frame i's time, what VGGish run at hop 1/fps
@@ -53,18 +53,18 @@ from typing import Any
 
 import numpy as np
 
-from .. import vggish_params as vg
-from ..decode import AudioTrack, read_audio
-from ..manifest import Trial
-from ..resources import get_model, resolve_device
-from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+from ..models import vggish_params as vg
+from ..media.decode import AudioTrack, read_audio
+from ..sources.manifest import Trial
+from ..engine.resources import get_model, resolve_device
+from ..engine.stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
 
 MODELS = ("mfcc", "logmel", "vggish")
 
 
 def _vggish():
-    """`pipeline.vggish` (torch), imported when audio is computed, not when settings are checked."""
-    from .. import vggish
+    """`pipeline.models.vggish` (torch), imported when audio is computed, not when settings are checked."""
+    from ..models import vggish
 
     return vggish
 

@@ -7,7 +7,7 @@ backbone never re-runs MTCNN.
 
 Detection: facenet-pytorch's MTCNN on uint8 tensors (its crop path fails on
 numpy frames; we never use the crop path). By default (``guided``) detection is
-track-guided (`pipeline.guided_detection`): while the subject is tracked, O-Net
+track-guided (`pipeline.media.guided_detection`): while the subject is tracked, O-Net
 refines the predicted box, else MTCNN searches a region around it with the
 pyramid's smallest face set from the track's size; a full-frame detection runs
 when the track is lost, at a scene cut and every ``full_every`` detected frames.
@@ -15,12 +15,12 @@ Every detected frame still gets its own detection and landmarks. ``guided:
 false`` detects every frame on the full frame, batched. With ``detect_every =
 k`` only every k-th frame (and the last) is detected; frames in between take the
 linear interpolation of the tracked box and landmarks of the detections around
-them (see `pipeline.tracking.fill_between`). ``detect_scale < 1`` detects full
+them (see `pipeline.media.tracking.fill_between`). ``detect_scale < 1`` detects full
 frames downscaled and maps boxes back, which pays off on HD video with large
 faces (guided steps work on the track's own scale and ignore it).
 
 Tracking: one person per trial, chosen by the manifest's `subject` rule at the
-first frame with faces and then followed by position (`pipeline.tracking`).
+first frame with faces and then followed by position (`pipeline.media.tracking`).
 Lost-track policy: a track is lost after ``max_gap`` frames without a match or
 at once at a scene cut; every (re)acquisition starts a new track segment and is
 recorded (`acquisitions` rows: frame, segment, identity; reasons and counts in
@@ -28,7 +28,7 @@ the attrs). A re-acquired face whose appearance signature matches the subject's
 (similarity >= ``identity_threshold``) is identity 0 again; otherwise it is
 marked as another identity (per frame `identity`, -1 where invalid), so
 training can mask or split those frames. The signature is no face recognition
-(see `pipeline.guided_detection.face_signatures` for what it separates).
+(see `pipeline.media.guided_detection.face_signatures` for what it separates).
 
 aligned_faces mode (manifest column set): the trial comes with pre-aligned face
 images ``<folder>/<k:05d>.jpg`` for 1-based frame k (the Aff-Wild2
@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 
-from ..align import template_for_image
-from ..manifest import Trial
-from ..resources import get_model, resolve_device
-from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
-from ..tracking import SubjectTracker, TrackParams, fill_between, match
+from ..media.align import template_for_image
+from ..sources.manifest import Trial
+from ..engine.resources import get_model, resolve_device
+from ..engine.stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+from ..media.tracking import SubjectTracker, TrackParams, fill_between, match
 
 #: frames decoded per chunk: bounded memory even for HD video (32 x 1080p RGB ~ 200 MB)
 DECODE_CHUNK = 32
@@ -67,7 +67,7 @@ def aligned_image_path(folder: Path, frame: int) -> Path:
 
 def mtcnn_weight_files() -> list[Path]:
     """The P-, R- and O-net weight files that ship inside facenet-pytorch."""
-    from ..backbones import facenet_data_dir
+    from ..models.backbones import facenet_data_dir
 
     return [facenet_data_dir() / f"{net}.pt" for net in ("pnet", "rnet", "onet")]
 
@@ -75,7 +75,7 @@ def mtcnn_weight_files() -> list[Path]:
 @functools.lru_cache(maxsize=1)
 def mtcnn_weights_id() -> str:
     """sha256 over the P-, R- and O-net weight files that ship inside facenet-pytorch."""
-    from ..backbones import sha256_file
+    from ..models.backbones import sha256_file
 
     return hashlib.sha256("".join(sha256_file(f) for f in mtcnn_weight_files()).encode()).hexdigest()
 
@@ -127,7 +127,7 @@ class _TrackedSearch:
     """Per detection frame: search for the subject the cheapest way that is still a real detection.
 
     With `guided` on and a live track, O-Net refines the predicted box, else MTCNN
-    searches a region around it (`pipeline.guided_detection`); a full-frame
+    searches a region around it (`pipeline.media.guided_detection`); a full-frame
     detection runs when both fail, when there is no live track, at a scene cut, and
     every `full_every` detected frames. Appearance signatures are computed only
     when the tracker (re)acquires, for the faces it chooses among.
@@ -150,13 +150,13 @@ class _TrackedSearch:
 
     @staticmethod
     def signature_net(device: str) -> Any:
-        from ..backbones import load_backbone
+        from ..models.backbones import load_backbone
 
         return get_model(("faces-signature-onet", device), lambda: load_backbone("onet", None, device))
 
     def _guided(self, image: np.ndarray, predicted: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        from ..guided_detection import detect_in_region, refine_on_track
+        from ..media.guided_detection import detect_in_region, refine_on_track
 
         refined = refine_on_track(self.mtcnn, image, predicted)
         if refined is not None:
@@ -176,7 +176,7 @@ class _TrackedSearch:
         `signatures`: the faces' appearance signatures when already computed (frame-range parts,
         `FacesStage.assemble`, which passes no image); computed here from `image` otherwise.
         """
-        from ..guided_detection import face_signatures
+        from ..media.guided_detection import face_signatures
 
         if cut:
             self.tracker.cut()
@@ -230,7 +230,7 @@ class FacesStage(Stage):
         min_face_size: int = 20  # MTCNN's smallest face, in pixels of the detected (scaled) frame
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net thresholds
         max_gap: int = 30  # frames a track survives without a matching face before re-choosing
-        guided: bool = True  # track-guided detection (pipeline.guided_detection); False: full frame always
+        guided: bool = True  # track-guided detection (pipeline.media.guided_detection); False: full frame always
         full_every: int = 30  # guided: a full-frame detection at least every this many detected frames
         identity_threshold: float = 0.96  # appearance similarity for a re-acquired face to count as the subject
         other_identities: str = "keep"  # keep: valid and marked in `identity`; invalid: not delivered at all
@@ -287,7 +287,7 @@ class FacesStage(Stage):
             wanted[n - 1] = True  # the tail is bracketed by a detection, never extrapolated
         return wanted
 
-    # -- frame-range splitting (pipeline.ranges) ----------------------------------------------------
+    # -- frame-range splitting (pipeline.engine.ranges) ----------------------------------------------------
     def splits(self, trial: Trial) -> bool:
         """Full-frame detection only (``guided: false``): each frame's detection depends on that frame
         alone, so parts detect their ranges and `assemble` runs the tracker over all of them. Guided
@@ -303,8 +303,8 @@ class FacesStage(Stage):
         (re)acquires, which a part cannot know): the same call on the same frame as the unsplit
         pass, so the tracker in `assemble` sees the same numbers.
         """
-        from ..decode import iter_frames
-        from ..guided_detection import SceneCuts, face_signatures
+        from ..media.decode import iter_frames
+        from ..media.guided_detection import SceneCuts, face_signatures
 
         device = resolve_device(self.settings.device)
         mtcnn = self._mtcnn(device)
@@ -371,8 +371,8 @@ class FacesStage(Stage):
         return self._finish(trial, n, search, n_cuts)
 
     def _detect_and_track(self, trial: Trial, n: int) -> StageOutput:
-        from ..decode import iter_frames
-        from ..guided_detection import SceneCuts
+        from ..media.decode import iter_frames
+        from ..media.guided_detection import SceneCuts
 
         s = self.settings
         device = resolve_device(s.device)

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ..annotations import AnnotationError, read_au, read_expr, read_va
-from ..manifest import Trial
-from ..stage import ShardData, Stage, StageError, StageOutput, register_stage
+from ..sources.annotations import AnnotationError, read_au, read_expr, read_va
+from ..sources.manifest import Trial
+from ..engine.stage import ShardData, Stage, StageError, StageOutput, register_stage
 
 POLICIES = ("truncate",)
 #: The declared frame policy in one paragraph (README, CLI help, `cache ls`).

@@ -3,8 +3,8 @@
 Every frame-keyed array in the cache has one row per frame this stage counts, and
 the `time` it stores (each decoded picture's own pts, seconds from the video stream's
 start) is the axis audio and text are aligned to. Faces and visual read pixels with
-the same decode loop (`pipeline.decode.iter_frames`), so row i is the same picture in
-every stage. See `pipeline.decode` for why frames are counted by decoding with PyAV
+the same decode loop (`pipeline.media.decode.iter_frames`), so row i is the same picture in
+every stage. See `pipeline.media.decode` for why frames are counted by decoding with PyAV
 (FFmpeg) rather than read from the container or from decord.
 
 Version 2: PyAV replaces decord (decord's grid had phantom frames after discarded
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..decode import probe_video
-from ..manifest import Trial
-from ..stage import ShardData, Stage, StageOutput, register_stage
+from ..media.decode import probe_video
+from ..sources.manifest import Trial
+from ..engine.stage import ShardData, Stage, StageOutput, register_stage
 
 
 @register_stage

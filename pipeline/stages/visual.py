@@ -3,7 +3,7 @@
 It reads the `faces` shard (boxes, landmarks, valid) and re-decodes the video in
 bounded chunks, so swapping the backbone re-runs only this stage and never face
 detection. Each valid frame's face is cropped the way the backbone was trained
-(`BackboneSpec.crop`, see `pipeline.align`):
+(`BackboneSpec.crop`, see `pipeline.media.align`):
 
 - ``template`` (ir50, onet): warped onto the ArcFace five-point template at
   `align_size`, then resized to the backbone's input;
@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from ..align import align_faces, box_crops
-from ..backbone_specs import get_spec
-from ..manifest import Trial
-from ..resources import get_model, resolve_device
-from ..stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
+from ..media.align import align_faces, box_crops
+from ..models.backbone_specs import get_spec
+from ..sources.manifest import Trial
+from ..engine.resources import get_model, resolve_device
+from ..engine.stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
 from .faces import DECODE_CHUNK, aligned_image_path
 
 
@@ -54,7 +54,7 @@ class VisualStage(Stage):
 
     @dataclass
     class Settings:
-        backbone: str = "onet"  # onet | facenet | ir50 | random:<arch>  (see pipeline.backbones)
+        backbone: str = "onet"  # onet | facenet | ir50 | random:<arch>  (see pipeline.models.backbones)
         weights: str | None = None  # weight file; facenet also finds facenet-pytorch's cache
         align_size: int = 112  # template crops (ir50, onet): side of the aligned crop (ArcFace template scaled)
         margin: int = 14  # box crops (facenet): pixels of the 160 px output added around the MTCNN box
@@ -84,7 +84,7 @@ class VisualStage(Stage):
         files = [trial.video]
         if trial.aligned_faces:
             files.append(trial.aligned_faces)
-        from ..backbones import weights_file  # torch: only when a key or a model is needed
+        from ..models.backbones import weights_file  # torch: only when a key or a model is needed
 
         wfile = weights_file(self.settings.backbone, self.settings.weights)
         if wfile is not None:
@@ -96,7 +96,7 @@ class VisualStage(Stage):
                 "aligned_faces": trial.aligned_faces is not None}
 
     def _backbone(self):
-        from ..backbones import load_backbone, weights_file
+        from ..models.backbones import load_backbone, weights_file
 
         s = self.settings
         device = resolve_device(s.device)
@@ -115,7 +115,7 @@ class VisualStage(Stage):
         return self.run_range(trial, upstream, 0, upstream["probe"].n_frames)
 
     def run_range(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int) -> StageOutput:
-        """Embeddings of frames start..stop-1 (the whole trial from `run`; ranges: `pipeline.ranges`)."""
+        """Embeddings of frames start..stop-1 (the whole trial from `run`; ranges: `pipeline.engine.ranges`)."""
         s = self.settings
         n = upstream["probe"].n_frames
         faces = upstream["faces"]
@@ -154,7 +154,7 @@ class VisualStage(Stage):
     def _video_chunks(self, trial: Trial, frames: tuple[int, int], valid: np.ndarray, geometry: np.ndarray,
                       size: int, crop: str, times: np.ndarray):
         """(frame rows, face crops) per decoded chunk of frames [a, b): memory bounded by the chunk."""
-        from ..decode import iter_frames
+        from ..media.decode import iter_frames
 
         a, n = frames
         seen = a

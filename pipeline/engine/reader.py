@@ -2,7 +2,7 @@
 
 Shards are found from the manifest and the config alone; the inputs (videos,
 annotations, weight files) need not be on this machine. For each (trial,
-stage) the reader computes the recipe (`pipeline.plan.recipe_of`) and:
+stage) the reader computes the recipe (`pipeline.engine.plan.recipe_of`) and:
 
 - when every input file of the stage is at hand, computes the exact key, as
   extract would, so a changed input is never answered with an old shard
@@ -26,7 +26,7 @@ import numpy as np
 from .config import build_stages, fingerprint_mode
 from .identity import FingerprintMemo
 from .index import TrialIndex
-from .manifest import Trial, read_manifest
+from ..sources.manifest import Trial, read_manifest
 from .plan import recipe_of, stage_order, task_key
 from .shards import read_shard
 from .stage import STAGES, Stage

@@ -2,7 +2,7 @@
 
 A config file is JSON (or TOML) with a ``stages`` section keyed by stage name,
 an optional ``preset`` (``default`` or ``paper``), an optional ``fingerprint``
-(``sampled`` or ``full``: how input files are identified, `pipeline.identity`),
+(``sampled`` or ``full``: how input files are identified, `pipeline.engine.identity`),
 and a ``train`` section that the trainer reads. Only the settings that differ from the defaults need to be
 written; `affpipe config show` prints the full resolved form. Unknown stage or
 setting names are errors, because a misspelt setting silently ignored is
@@ -60,7 +60,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def resolve_stage_settings(config: dict[str, Any] | str | Path | None, *, source: str = "config") -> dict[str, Any]:
     """Settings object for every registered stage: defaults < preset < explicit values."""
-    from . import stages as _register  # noqa: F401  (importing registers every stage)
+    from .. import stages as _register  # noqa: F401  (importing registers every stage)
 
     if isinstance(config, (str, Path)):
         source = str(config)
@@ -90,7 +90,7 @@ def resolve_stage_settings(config: dict[str, Any] | str | Path | None, *, source
 
 
 def fingerprint_mode(config: dict[str, Any] | str | Path | None) -> str:
-    """How input files are identified: ``sampled`` (default) or ``full`` content hashing (`pipeline.identity`)."""
+    """How input files are identified: ``sampled`` (default) or ``full`` content hashing (`pipeline.engine.identity`)."""
     from .identity import MODES
 
     source = str(config) if isinstance(config, (str, Path)) else "config"

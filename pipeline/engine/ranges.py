@@ -7,10 +7,10 @@ task per shard (`plan_parts`). Nothing about the shard changes: same key, same
 file, same layout, bit-identical arrays (`tests/test_ranges.py`), because
 
 - range boundaries fall on multiples of the decode chunk (`part_ranges`), and
-  `pipeline.decode.iter_frames` cuts chunks at absolute multiples, so every
+  `pipeline.media.decode.iter_frames` cuts chunks at absolute multiples, so every
   batch a stage runs holds the same frames as in a whole-video pass;
 - each part decodes only its share: the demuxer seeks to the keyframe before the
-  range and decodes forward (`pipeline.decode._frames_from`), checked frame by
+  range and decodes forward (`pipeline.media.decode._frames_from`), checked frame by
   frame against the probe's pts;
 - whatever runs across the whole video (the faces tracker, interpolation between
   detections) runs in `Stage.assemble`, over everything the parts found.
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import Trial
+from ..sources.manifest import Trial
 from .shards import ShardError, read_shard, write_shard
 from .store import CacheStore
 from .worker import _blocked, failure, stage_of, task_base, write_output
@@ -72,7 +72,7 @@ def estimate_frames(upstream_probe: Path | None, video: Path) -> int:
             return int(read_attrs(upstream_probe, ("n_frames",)).get("n_frames", 0))
         except ShardError:
             pass
-    from .decode import estimate_frames as from_header
+    from ..media.decode import estimate_frames as from_header
 
     return from_header(video)
 
@@ -90,7 +90,7 @@ def _part_matches(path: Path, key: str, k: int, parts: int, a: int, b: int) -> b
 
 def compute_part(spec: dict[str, Any], k: int, parts: int, *upstream_results: dict[str, Any]) -> dict[str, Any]:
     """Range task: frames of part k of `parts` of the shard `spec` describes, written as a part file."""
-    from . import stages as _register  # noqa: F401
+    from .. import stages as _register  # noqa: F401
     from .resources import bound_heap_growth
 
     bound_heap_growth()
@@ -129,7 +129,7 @@ def compute_part(spec: dict[str, Any], k: int, parts: int, *upstream_results: di
 
 def assemble_shard(spec: dict[str, Any], parts: int, *part_results: dict[str, Any]) -> dict[str, Any]:
     """Assemble task: the parts, in frame order, into the one shard (then the parts are deleted)."""
-    from . import stages as _register  # noqa: F401
+    from .. import stages as _register  # noqa: F401
 
     started = time.time()
     base = task_base(spec)

@@ -1,6 +1,6 @@
 """The stage contract: what one extraction step declares and computes.
 
-A stage only computes. The engine around it (`pipeline.plan`, `pipeline.runner`)
+A stage only computes. The engine around it (`pipeline.engine.plan`, `pipeline.engine.runner`)
 owns keys, storage, retries, locking and scheduling, so adding a stage is one
 module under `pipeline/stages/` plus its `@register_stage` decorator.
 
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .manifest import Trial
+from ..sources.manifest import Trial
 
 NOT_IN_KEY = {"key": False}
 
@@ -126,7 +126,7 @@ class Stage(ABC):
     def run(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
         """Compute this stage for one trial; raise `StageError` for bad input."""
 
-    # -- frame-range splitting (pipeline.ranges) ---------------------------------
+    # -- frame-range splitting (pipeline.engine.ranges) ---------------------------------
     def splits(self, trial: Trial) -> bool:
         """Whether frames [a, b) of this trial can be computed alone, and the parts assembled into exactly
         the shard `run` writes. Stages that say yes implement `run_range` (and `assemble` if plain
@@ -159,7 +159,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def settings_from_dict(stage_cls: type[Stage], values: dict[str, Any] | None) -> Any:
-    """A stage's Settings from config values, type-checked (see `pipeline.settings`): equal settings, equal keys."""
+    """A stage's Settings from config values, type-checked (see `pipeline.engine.settings`): equal settings, equal keys."""
     from .settings import build_settings
 
     return build_settings(stage_cls.Settings, values, stage_cls.name)

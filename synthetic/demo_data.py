@@ -14,7 +14,7 @@ first and then *rendered into what the extractors see and hear*:
 
 The face is matplotlib's bundled Grace Hopper portrait (a real photo that MTCNN
 detects), so nothing is downloaded. Videos are written with PyAV (MPEG-4 part 2 + AAC in
-.mp4) through `pipeline.media_fixtures.write_video`; the product decodes them with
+.mp4) through `synthetic.media.write_video`; the product decodes them with
 decord like any user video.
 
 Frame-exactness: every video has exactly ``round(seconds * fps)`` frames and each
@@ -151,7 +151,7 @@ def split_counts(n: int) -> tuple[int, int, int]:
 
 
 def _build(out_dir: Path, p: DemoParams) -> list[str]:
-    from pipeline.media_fixtures import write_video
+    from synthetic.media import write_video
 
     n_train, n_val, _ = split_counts(p.n_trials)
     sprite = _Sprite.load(p.height)
@@ -259,7 +259,7 @@ def format_transcript(words: list[Word]) -> str:
 
 
 def read_words(path: str | Path) -> list[Word]:
-    """Read back what `format_transcript` wrote (users' transcripts go through pipeline.transcripts)."""
+    """Read back what `format_transcript` wrote (users' transcripts go through pipeline.sources.transcripts)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return [Word(float(w["start"]), float(w["end"]), w["word"], k)
             for k, seg in enumerate(data["segments"]) for w in seg["words"]]
@@ -417,7 +417,7 @@ def _synth_voice(rng: np.random.Generator, words: list[Word], arousal: np.ndarra
 
 def _describe(p: DemoParams, rows: list[tuple[str, str, str, str, str]]) -> str:
     n_train, n_val, n_test = split_counts(p.n_trials)
-    return f"""affpipe demo dataset (synthetic, built offline by pipeline/demo.py, builder version {p.version})
+    return f"""affpipe demo dataset (synthetic, built offline by synthetic/demo_data.py, builder version {p.version})
 
 {p.n_trials} trials ({n_train} train, {n_val} val, {n_test} test), {p.seconds:g} s each at {p.fps} fps,
 {p.width}x{p.height}, {p.n_frames} frames per video; seed {p.seed}. Layout follows Aff-Wild2:

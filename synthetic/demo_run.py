@@ -2,7 +2,7 @@
 
 This is what `affpipe demo` (and the README's first command) runs. The dataset
 encodes valence in the face's appearance and words, arousal in the voice and
-head motion (pipeline/demo.py), so a good CCC on its held-out trials shows the
+head motion (synthetic/demo_data.py), so a good CCC on its held-out trials shows the
 whole chain — decoding, faces, backbone, audio, text, cache, trainer — learns.
 """
 from __future__ import annotations
@@ -46,12 +46,12 @@ def run_demo(root: str | Path = "demo", cache: str | Path = "cache", fusion: str
     smaller one (3 trials of 2 s: one per split) runs the same chain in a fraction
     of the time, which is what the tests use.
     """
-    from pipeline.demo import build_demo_dataset
-    from pipeline.runner import extract
+    from synthetic.demo_data import build_demo_dataset
+    from pipeline.engine.runner import extract
 
-    from .evaluate import evaluate
-    from .predict import predict, validate_submission
-    from .train import train
+    from fusion.evaluate import evaluate
+    from fusion.predict import predict, validate_submission
+    from fusion.train import train
 
     root = Path(root)
     say = console.print if console is not None else (lambda *a, **k: None)

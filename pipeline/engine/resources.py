@@ -3,7 +3,7 @@
 Every scheduler affpipe supports runs tasks inside long-lived processes (the
 local cluster's workers, a user's `dask worker`, or this process for `sync` and
 `threads`), so a process-wide cache keyed by what defines the model gives
-"load once per worker" everywhere. `AffpipeWorkerPlugin` (pipeline.runner)
+"load once per worker" everywhere. `AffpipeWorkerPlugin` (pipeline.engine.runner)
 clears it on worker teardown.
 """
 from __future__ import annotations

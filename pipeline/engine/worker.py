@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import Trial
+from ..sources.manifest import Trial
 from .shards import finite_problems, read_shard, write_shard
 from .stage import STAGES, ShardData, Stage, StageError, StageOutput, settings_from_dict
 from .store import CacheStore, format_exception
@@ -121,7 +121,7 @@ def compute_shard(spec: dict[str, Any], *upstream_results: dict[str, Any]) -> di
 
     `spec`: cache, stage, settings (dict), trial (dict), key, path, upstream {stage: path}.
     """
-    from . import stages as _register  # noqa: F401  (registers stages in a fresh worker process)
+    from .. import stages as _register  # noqa: F401  (registers stages in a fresh worker process)
     from .resources import bound_heap_growth
 
     bound_heap_growth()

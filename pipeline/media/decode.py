@@ -67,7 +67,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .stage import StageError
+from ..engine.stage import StageError
 
 #: Decoder threads per reader. One by default: workers already run one task per core.
 DECODE_THREADS = int(os.environ.get("AFFPIPE_DECODE_THREADS", "1"))

@@ -3,7 +3,7 @@
 Extracting 3M frames of real features takes hours; measuring the loader and the
 heads does not need real faces, only real *files*: HDF5 shards in the cache
 layout, at the keys the reader computes from the manifest and config, read back
-through `pipeline.reader` exactly like extracted ones. The features carry a
+through `pipeline.engine.reader` exactly like extracted ones. The features carry a
 known signal (valence and arousal mixed into each stage with noise), so a
 model trained on them must learn something, which tests can check.
 
@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.manifest import Trial
-from pipeline.shards import write_shard
-from pipeline.store import CacheStore
+from pipeline.sources.manifest import Trial
+from pipeline.engine.shards import write_shard
+from pipeline.engine.store import CacheStore
 
 
 def smooth_curves(rng: np.random.Generator, n: int, fps: float = 30.0, k: int = 2) -> np.ndarray:
@@ -43,8 +43,8 @@ def write_synthetic_cache(cache: str | Path, trials: Sequence[Trial], lengths: d
     `lengths` gives each trial's frame count where no probe shard exists yet;
     with an existing probe shard its count wins. Returns shards written per stage.
     """
-    from pipeline.reader import open_cache
-    from pipeline.shards import read_shard
+    from pipeline.engine.reader import open_cache
+    from pipeline.engine.shards import read_shard
 
     reader = open_cache(cache, list(trials), config)
     store = CacheStore(cache)

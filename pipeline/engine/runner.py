@@ -21,7 +21,7 @@ from dask.callbacks import Callback
 
 from .config import build_stages, fingerprint_mode
 from .index import TrialIndex, file_stamp
-from .manifest import Trial, read_manifest
+from ..sources.manifest import Trial, read_manifest
 from .plan import Task, make_plan, stage_order
 from .ranges import SPLIT_FRAMES, assemble_shard, compute_part, estimate_frames, n_parts
 from .store import CacheStore
@@ -46,7 +46,7 @@ class ExtractSummary:
     workers: dict[str, list[str]] = field(default_factory=dict)
     #: shards found damaged (failed checksum, truncated, unreadable): moved aside and recomputed
     damaged: list[dict[str, str]] = field(default_factory=list)
-    #: per stage: trials computed as frame-range parts and assembled (pipeline.ranges)
+    #: per stage: trials computed as frame-range parts and assembled (pipeline.engine.ranges)
     split: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -239,7 +239,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
 
     This is the Python API behind `affpipe extract`; it returns an `ExtractSummary`.
     `split_frames`: stages that can split a trial into frame ranges do so for trials
-    longer than this, so several workers share one long video (`pipeline.ranges`);
+    longer than this, so several workers share one long video (`pipeline.engine.ranges`);
     None or 0 never splits. It is in no key: results are the same either way.
     """
     started = time.time()

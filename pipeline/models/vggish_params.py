@@ -3,7 +3,7 @@
 torchvggish keeps these in ``vggish_params.py`` for the same reason: the audio
 stage's settings are checked (``audio.sample_rate``, ``audio.embedding``) when a
 config is read, and `affpipe config show` must not pay for torch to do it. The
-network and its front end are in `pipeline.vggish`.
+network and its front end are in `pipeline.models.vggish`.
 """
 from __future__ import annotations
 

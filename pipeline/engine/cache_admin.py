@@ -3,7 +3,7 @@
 gc and repair delete files, so they take the cache alone (`CacheStore.hold`):
 while an extract runs they refuse with one line instead of deleting its
 temporaries or the shards it is about to read. gc needs no inputs: shards are
-resolved from manifest and config through the index (`pipeline.reader`), and
+resolved from manifest and config through the index (`pipeline.engine.reader`), and
 for a trial whose shards it cannot resolve it deletes nothing.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .index import TrialIndex
-from .manifest import Trial
+from ..sources.manifest import Trial
 from .reader import CacheReader
 from .shards import ShardError, read_attrs, verify_shard
 from .store import KEY_CHARS, CacheStore
@@ -43,7 +43,7 @@ def current_keys(store: CacheStore) -> set[tuple[str, str]]:
 def list_cache(cache: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows per (stage, settings) of *current* shards (shards, trials, frames, bytes), and the others' totals.
 
-    Current = the latest version extract recorded for a recipe (`pipeline.index`);
+    Current = the latest version extract recorded for a recipe (`pipeline.engine.index`);
     the others are superseded versions (an input changed) or shards no index names
     (older caches): counted apart so frames are never summed across versions.
     """

@@ -2,7 +2,7 @@
 
 Key of a shard = sha256 of (stage name, stage version, key-relevant settings,
 per-trial parameters, upstream shard keys, input files' *content*
-fingerprints, see `pipeline.identity`). Because upstream keys enter the key,
+fingerprints, see `pipeline.engine.identity`). Because upstream keys enter the key,
 changing one stage's settings changes the keys of that stage and of everything
 downstream of it, for the trials it touches, and of nothing else; because
 inputs are identified by content, moving, copying or touching a dataset
@@ -10,7 +10,7 @@ changes none.
 
 The *recipe* is the same minus the input fingerprints (upstream recipes
 instead of keys): what readers use, through the cache index, when the inputs
-are not at hand (`pipeline.index`).
+are not at hand (`pipeline.engine.index`).
 
 A shard counts as cached only when it passes its checks: its checksums are
 read in full whenever its file changed since the last verification, and a
@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from .identity import FingerprintMemo
 from .index import TrialIndex, file_stamp
-from .manifest import Trial
+from ..sources.manifest import Trial
 from .shards import verify_shard
 from .stage import STAGES, Stage
 from .store import CacheStore
@@ -42,7 +42,7 @@ def stage_order(selected: Iterable[str] | None, stages: dict[str, Stage] | None 
     With `stages` (configured instances) a stage's dependencies are the
     instance's: text with ``asr_fallback: false`` does not pull in asr.
     """
-    from . import stages as _register  # noqa: F401
+    from .. import stages as _register  # noqa: F401
 
     wanted = list(selected) if selected else list(STAGES)
     unknown = [s for s in wanted if s not in STAGES]
@@ -146,7 +146,7 @@ def make_plan(trials: list[Trial], stages: dict[str, Stage], order: list[str], s
               retry_failed: bool = False, fingerprint_mode: str = "sampled") -> list[Task]:
     """Key and status for every (trial, stage), computing nothing (reads only what checks need).
 
-    Input fingerprints are memoised in the cache (`pipeline.identity`); the memo
+    Input fingerprints are memoised in the cache (`pipeline.engine.identity`); the memo
     is written back at the end (best effort on read-only caches).
     """
     failed = store.failed_keys()

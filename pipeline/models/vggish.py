@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .stage import StageError
+from ..engine.stage import StageError
 
 from .vggish_params import (  # noqa: F401  (the constants, re-exported: `vggish.SAMPLE_RATE` reads as before)
     EMBEDDING_DIM, EMBEDDINGS, F_MAX, F_MIN, FFT, HOP, LOG_OFFSET, N_MELS, PATCH_FRAMES, SAMPLE_RATE, WEIGHTS_ENV,

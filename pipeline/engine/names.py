@@ -6,10 +6,10 @@ suite checks that these lists equal the registries (tests/test_cli_convention.py
 """
 from __future__ import annotations
 
-#: every registered stage (`pipeline.stage.STAGES`), upstream ones first
+#: every registered stage (`pipeline.engine.stage.STAGES`), upstream ones first
 STAGE_NAMES: tuple[str, ...] = ("probe", "faces", "visual", "audio", "asr", "text", "labels")
 
-#: Dask schedulers `pipeline.runner.extract` runs locally; a ``tcp://HOST:PORT`` address is the other form
+#: Dask schedulers `pipeline.engine.runner.extract` runs locally; a ``tcp://HOST:PORT`` address is the other form
 LOCAL_SCHEDULERS: tuple[str, ...] = ("processes", "threads", "sync")
 
 #: dataset splits of a manifest

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone_specs import BACKBONES, BackboneSpec, get_spec  # noqa: F401  (re-exported)
-from .stage import StageError
+from ..engine.stage import StageError
 
 FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 FACENET_FILE = "20180402-114759-vggface2.pt"
@@ -212,7 +212,7 @@ def _build_onet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
 
 
 #: name -> (weights path or None, random) -> (torch module in eval mode, weights identity);
-#: the specs (sizes, normalisation, crop) are in `pipeline.backbone_specs`, which imports no torch.
+#: the specs (sizes, normalisation, crop) are in `pipeline.models.backbone_specs`, which imports no torch.
 BUILDERS: dict[str, Callable[[str | None, bool], tuple[nn.Module, str]]] = {
     "onet": _build_onet, "facenet": _build_facenet, "ir50": _build_ir50,
 }

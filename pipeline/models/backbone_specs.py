@@ -2,7 +2,7 @@
 
 Settings are checked when a config is read (`affpipe config show` validates a
 ``visual.backbone`` in well under a second), so the table the check needs lives
-apart from the networks: `pipeline.backbones` builds them (and imports torch).
+apart from the networks: `pipeline.models.backbones` builds them (and imports torch).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ class BackboneSpec:
     std: float
     dim: int
     resize_mode: str  # torch interpolate mode from the aligned crop to input_size
-    #: crop geometry the network was trained on: "template" (5-point warp, `pipeline.align.align_faces`)
-    #: or "box" (MTCNN box + margin at input_size, `pipeline.align.box_crops`)
+    #: crop geometry the network was trained on: "template" (5-point warp, `pipeline.media.align.align_faces`)
+    #: or "box" (MTCNN box + margin at input_size, `pipeline.media.align.box_crops`)
     crop: str
 
 

@@ -2,12 +2,12 @@
 
   <root>/shards/<stage>/<trial>.<key20>.h5   one shard per (trial, stage, key)
   <root>/shards/<stage>/.<trial>.<key20>.h5.part<k>of<K>.tmp
-                                             frame-range parts of a shard being assembled (pipeline.ranges):
+                                             frame-range parts of a shard being assembled (pipeline.engine.ranges):
                                              temporaries, never listed or read as shards, removed by gc
   <root>/locks/<key20>.lock                  per-key lock: two runs never compute one shard twice
   <root>/ledger.jsonl                        failures, appended (never rewritten)
   <root>/runs/<timestamp>.json               the summary of every extract run
-  <root>/index/<trial>.json                  what extract produced, for readers without inputs (pipeline.index)
+  <root>/index/<trial>.json                  what extract produced, for readers without inputs (pipeline.engine.index)
   <root>/fingerprints.json                   this machine's memo of input content fingerprints
   <root>/quarantine/<stage>/<file>           damaged shards moved aside before recomputation
   <root>/stats/                              the trainer's normalisation statistics
