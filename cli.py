@@ -578,7 +578,7 @@ def ensemble(sources, out, split):
 
     SOURCES are run folders or submission folders, mixed freely.
     """
-    from fusion.ensemble_cmd import ensemble as run_ensemble
+    from fusion.ensemble import ensemble as run_ensemble
 
     result = run_ensemble(sources, out, split=split)
     click.echo(f"{out}: {len(result.files)} file(s) merged from {result.n_inputs} inputs", err=True)

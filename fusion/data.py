@@ -337,6 +337,13 @@ def compact(x: np.ndarray) -> np.ndarray:
     return x16 if np.array_equal(x16.astype(np.float32), x) else x
 
 
+def labels_of_arrays(trial_id: str, arrays: TrialArraysLike, label_stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels float32 [n, 2], labelled mask [n]) of loaded arrays; NaN/Inf in a valid label stops the run."""
+    labels = np.asarray(arrays.features[label_stage], dtype=np.float32)
+    check_finite(trial_id, label_stage, labels, arrays.valid.get(label_stage))
+    return labels, label_mask_of(labels, arrays.valid.get(label_stage))
+
+
 def load_raw(reader: ReaderLike, trial_id: str, stages: Sequence[str], label_stage: str | None,
              shrink: bool = True) -> RawTrial:
     """One trial's arrays; `shrink` stores features as float16 where lossless (for trials held long)."""
@@ -351,9 +358,7 @@ def load_raw(reader: ReaderLike, trial_id: str, stages: Sequence[str], label_sta
              for s in stages}
     labels = mask = None
     if label_stage:
-        labels = np.asarray(arrays.features[label_stage], dtype=np.float32)
-        check_finite(trial_id, label_stage, labels, arrays.valid.get(label_stage))
-        mask = label_mask_of(labels, arrays.valid.get(label_stage))
+        labels, mask = labels_of_arrays(trial_id, arrays, label_stage)
     return RawTrial(trial_id, n, feats, valid, labels, mask)
 
 
@@ -414,6 +419,11 @@ class WindowDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the trials are held in memory (else each worker reads them lazily)."""
+        return self._preloaded is not None
 
     def windows_of(self, trial_pos: int) -> np.ndarray:
         """Dataset indices of one trial's windows (in start order)."""

@@ -75,8 +75,8 @@ def predict(run: str | Path, manifest: str | Path, cache: str | Path, out: str |
     ``<run>/predictions/<split>/`` for `affpipe ensemble`.
     """
     output_folder(out)
-    info, preds, _ds, _reader = run_on_split(run, manifest, cache, split, with_labels=False, device=device,
-                                             progress=progress, title="predict")
+    info, preds, _inputs = run_on_split(run, manifest, cache, split, with_labels=False, device=device,
+                                        progress=progress, title="predict")
     write_predictions(info.path / "predictions" / split, preds)
     files = write_submission(out, preds)
     return PredictResult(Path(out), files, int(sum(p.shape[0] for p in preds.values())))

@@ -12,25 +12,26 @@ metrics bit for bit.
 """
 from __future__ import annotations
 
-import os
-
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .config import ConfigError, TrainConfig, load_config, train_config_from_dict
-from .data import (NonFiniteError, NormStats, ReaderSpec, WindowDataset, TrialBlockSampler, collate_windows,
-                   compute_stats, estimate_bytes, itemsizes, preload, probe_lengths, raise_batch_error,
-                   shard_identity, shard_keys_of)
-from .evaluate import autocast_for, batch_to, ccc_report, labels_of, predict_frames, skip_verdicts
+from pipeline.engine.progress import PhaseProgress
+
+from .data import NonFiniteError, NormStats, TrialBlockSampler, WindowDataset, collate_windows, raise_batch_error
+from .evaluate import autocast_for, batch_to, ccc_report, predict_frames
+from .inputs import CacheInputs, open_inputs
 from .runs import (FusionError, load_checkpoint, rng_state, save_checkpoint_atomic, seed_everything,
                    set_rng_state, write_json_atomic)
 
@@ -158,7 +159,7 @@ def _restore_or_fresh_config(out: Path, resume: bool, cfg: TrainConfig, extract_
 class Inputs:
     """Everything a run reads from the cache, ready for the loop."""
 
-    reader: Any
+    cache: CacheInputs  # the opened trials (reader, arrays or lazy readers, labels)
     train_ds: WindowDataset
     val_ds: WindowDataset
     stats: NormStats
@@ -166,7 +167,10 @@ class Inputs:
     input_dims: dict[str, int]  # modality -> model input width
     keys: dict[str, dict[str, str]]  # stage -> trial -> shard key
     fold_label: str
-    in_memory: bool
+
+    @property
+    def in_memory(self) -> bool:
+        return self.cache.in_memory
 
 
 def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, extract_config: dict[str, Any],
@@ -180,26 +184,14 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     Trials with input verdicts in the ledger are skipped (or refused: `strict`).
     """
     from pipeline.sources.manifest import read_manifest
-    from pipeline.engine.reader import open_cache
 
     bar = bar or _TrainProgress(False)
     trials = read_manifest(manifest)
     train_ids, val_ids = _splits(trials, fold, cfg.n_folds)
-    used_ids = set(train_ids) | set(val_ids)
-    used = [t for t in trials if t.trial in used_ids]
-    reader = open_cache(cache, used, extract_config or None)
     stages = [cfg.stage_of(m) for m in cfg.modalities]
-    needed = ["probe"] + stages + [cfg.label_stage]
-    kept = set(skip_verdicts(reader, train_ids + val_ids, needed, strict, bar.warn))
-    train_ids = [t for t in train_ids if t in kept]
-    val_ids = [t for t in val_ids if t in kept]
-    if not train_ids or not val_ids:
-        raise FusionError(f"no {'train' if not train_ids else 'val'} trial left after skipping the trials "
-                          "with input verdicts")
-    used_ids = set(train_ids) | set(val_ids)
-    used = [t for t in used if t.trial in used_ids]
-    reader.require(needed, train_ids + val_ids)
-    dims = {s: reader.dim(s) for s in stages}
+    opened = open_inputs(trials, {"train": train_ids, "val": val_ids}, cache, extract_config, stages,
+                         cfg.label_stage, warn=bar.warn, strict=strict)
+    dims = opened.dims
     input_dims = {m: dims[s] + (1 if cfg.valid_channel else 0) for m, s in zip(cfg.modalities, stages)}
     if fusion is not None:  # a bad model config fails now, not after minutes of loading
         from .models import build_model
@@ -208,51 +200,34 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
             build_model(fusion, input_dims, cfg.window, cfg.model or None)
         except ValueError as exc:
             raise FusionError(str(exc)) from None
-    keys = shard_keys_of(reader, train_ids + val_ids, ["probe"] + stages + [cfg.label_stage])
+    keys = opened.shard_keys()
     if expect_keys is not None and expect_keys != keys:
         raise FusionError("cached features changed since the run started (different shards for the same "
                           "trials); start a new run")
-    lengths = dict(zip(train_ids + val_ids, probe_lengths(reader, train_ids + val_ids)))
     fold_label = "official" if fold is None else f"{cfg.n_folds}fold-{fold}"
-
-    need = estimate_bytes(list(lengths.values()), dims, itemsizes(reader, train_ids[0], stages))
-    raw = None
-    if need <= cfg.memory_budget_mb * 2 ** 20:
-        bar.phase("loading trials", len(used_ids))
-        raw = preload(reader, train_ids + val_ids, stages, cfg.label_stage, bar.tick)
+    opened.load(cfg.memory_budget_mb, bar)
     if stats_path is not None and stats_path.is_file():
         stats = NormStats.load(stats_path)
     else:
-        bar.phase("normalisation statistics", len(train_ids))
-        load = (lambda t: raw[t]) if raw is not None else (lambda t: reader.load(t, stages))
-        files = {s: {t: shard_identity(reader.shard_path(t, s)) for t in train_ids} for s in stages}
-        stats = compute_stats(load, dims, train_ids, stages, shard_keys=keys, fold=fold_label,
-                              cache_dir=Path(cache), progress=None if raw is not None else bar.tick,
-                              shard_files=files, warn=bar.warn)
-    common: dict[str, Any] = dict(label_stage=cfg.label_stage, valid_channel=cfg.valid_channel, with_labels=True)
-    if raw is not None:
-        common["preloaded"] = raw
-    else:
-        common["spec"] = ReaderSpec(Path(cache), tuple(used), extract_config or None)
-    train_ds = WindowDataset(train_ids, [lengths[t] for t in train_ids], cfg.modalities, cfg.stage_map,
-                             stats, cfg.window, cfg.hop, **common)
-    val_ds = WindowDataset(val_ids, [lengths[t] for t in val_ids], cfg.modalities, cfg.stage_map,
-                           stats, cfg.window, cfg.hop, **common)
-    _check_learnable(reader, raw, train_ids, cfg, len(train_ds), bar.warn)
-    return Inputs(reader, train_ds, val_ds, stats, dims, input_dims, keys, fold_label, raw is not None)
+        bar.phase("normalisation statistics", len(opened.splits["train"]))
+        stats = opened.training_stats("train", fold_label=fold_label, progress=bar.tick, warn=bar.warn)
+    train_ds = opened.dataset("train", cfg.modalities, cfg, stats)
+    val_ds = opened.dataset("val", cfg.modalities, cfg, stats)
+    _check_learnable(opened, cfg, len(train_ds), bar.warn)
+    return Inputs(opened, train_ds, val_ds, stats, dims, input_dims, keys, fold_label)
 
 
-def _check_learnable(reader: Any, raw: dict | None, train_ids: Sequence[str], cfg: TrainConfig, n_windows: int,
-                     warn: Callable[[str], None]) -> None:
+def _check_learnable(opened: CacheInputs, cfg: TrainConfig, n_windows: int, warn: Callable[[str], None]) -> None:
     """Refuse a run with no labelled training frame; warn when an epoch has too few optimizer steps."""
     from pipeline.engine.shards import read_attrs
 
+    train_ids = opened.splits["train"]
     labelled = 0
     for t in train_ids:
-        if raw is not None:
-            labelled += int(raw[t].label_mask.sum())
+        if opened.raw is not None:
+            labelled += int(opened.raw[t].label_mask.sum())  # type: ignore[union-attr]
         else:
-            attrs = read_attrs(reader.shard_path(t, cfg.label_stage))
+            attrs = read_attrs(opened.reader.shard_path(t, cfg.label_stage))
             labelled += int(attrs.get("n_labelled_frames", 1))  # no count recorded: found at the first batch
         if labelled:
             break
@@ -311,10 +286,8 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
         train_ds, val_ds, stats = inp.train_ds, inp.val_ds, inp.stats
         train_ids, val_ids = train_ds.trial_ids, val_ds.trial_ids
         input_dims, dims, keys, fold_label = inp.input_dims, inp.dims, inp.keys, inp.fold_label
-        raw = train_ds._preloaded
-        reader = inp.reader
 
-        val_labels = labels_of(val_ds, reader)
+        val_labels = inp.cache.labels("val")
         if not any(mask.any() for _lab, mask in val_labels.values()):
             raise FusionError(f"the {len(val_ids)} val trial(s) have no labelled frame: validation could never "
                               "pick a best epoch (check the manifest's annotation column)")
@@ -333,7 +306,7 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
             "splits": {"train": train_ids, "val": val_ids},
             "shard_keys": keys,
             "norm_stats": stats.keys,
-            "in_memory": raw is not None,
+            "in_memory": inp.in_memory,
             "manifest": str(Path(manifest).resolve()),
             "cache": str(Path(cache).resolve()),
             "device": str(dev),
@@ -344,146 +317,236 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
         return result
 
 
+@dataclass
+class _Loop:
+    """The objects a run steps through its epochs, and `state`: the counters last.pt saves beside them."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    sampler: TrialBlockSampler
+    loader: DataLoader
+    loader_gen: torch.Generator
+    use_amp: bool
+    infer_workers: int  # DataLoader workers for val inference (0 when the trials are in memory)
+    steps_per_epoch: int
+    warmup_steps: int
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": 0, "global_step": 0, "best_score": -math.inf, "best_epoch": None, "bad_epochs": 0,
+        "stopped": False, "history": []})
+
+
 def _fit(out: Path, fusion: str, cfg: TrainConfig, input_dims: dict[str, int], train_ds: WindowDataset,
          val_ds: WindowDataset, val_labels: dict[str, tuple[np.ndarray, np.ndarray]], dev: torch.device,
          resuming: bool, bar: "_TrainProgress") -> RunResult:
-    from .ccc import ccc_loss
-    from .models import build_model, load_weights
+    """Epochs until `cfg.epochs` or early stopping (resuming from last.pt), then the best epoch's artefacts."""
     from .plots import plot_curves
 
+    with _cpu_determinism(dev, cfg):
+        loop = _build_loop(fusion, cfg, input_dims, train_ds, dev)
+        resumed_from = _restore(out, loop, cfg, resuming)
+        # metrics.jsonl mirrors the checkpoint's history: lines of an epoch that was cut off are dropped
+        _write_metrics(out / "metrics.jsonl", loop.state["history"])
+        last_plot = time.time()
+        while loop.state["epoch"] < cfg.epochs and not loop.state["stopped"]:
+            _run_epoch(out, fusion, cfg, loop, train_ds, val_ds, val_labels, dev, bar)
+            if time.time() - last_plot >= PLOT_EVERY_S:  # long runs: a fresh curve to look at now and then
+                plot_curves(loop.state["history"], out / "plots" / "curves.png")
+                last_plot = time.time()
+        if loop.state["history"]:
+            plot_curves(loop.state["history"], out / "plots" / "curves.png")
+        _best_artefacts(out, cfg, loop, val_ds, val_labels, dev, bar)
+        state = loop.state
+        history = state["history"]
+        best = next((h for h in history if h["epoch"] == state["best_epoch"]), None)
+        return RunResult(out, int(state["epoch"]), state["best_epoch"], best, bool(state["stopped"]),
+                         list(history), resumed_from)
+
+
+@contextlib.contextmanager
+def _cpu_determinism(dev: torch.device, cfg: TrainConfig) -> Iterator[None]:
+    """On CPU: deterministic algorithms and `cfg.threads` threads for the run (a resumed run then
+    reproduces an uninterrupted one bit for bit); torch's settings are restored afterwards."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     threads_before = torch.get_num_threads()
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     try:
-        seed_everything(cfg.seed)
-        model = build_model(fusion, input_dims, cfg.window, cfg.model or None).to(dev)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-        use_amp = cfg.amp and dev.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
-        preloaded = train_ds._preloaded is not None
-        sampler = TrialBlockSampler(train_ds, cfg.seed, block=len(train_ds.trial_ids) if preloaded else 8)
-        workers = cfg.workers_for(dev.type)
-        loader_gen = torch.Generator()
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
-                            collate_fn=collate_windows,
-                            pin_memory=dev.type == "cuda", persistent_workers=workers > 0, generator=loader_gen,
-                            prefetch_factor=4 if workers > 0 else None)
-        steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-        warmup_steps = math.ceil(cfg.warmup_epochs * steps_per_epoch)
-
-        state = {"epoch": 0, "global_step": 0, "best_score": -math.inf, "best_epoch": None, "bad_epochs": 0,
-                 "stopped": False, "history": []}
-        resumed_from = None
-        for leftover in out.glob(".*.tmp"):  # files a killed run was writing; never read
-            leftover.unlink(missing_ok=True)
-        if resuming and (out / "last.pt").is_file():
-            ckpt = load_checkpoint(out / "last.pt")
-            load_weights(model, ckpt["model"], out / "last.pt")
-            optimizer.load_state_dict(ckpt["optimizer"])
-            plateau.load_state_dict(ckpt["plateau"])
-            scaler.load_state_dict(ckpt["scaler"])
-            for k in state:
-                state[k] = ckpt[k]
-            set_rng_state(ckpt["rng"])
-            resumed_from = int(state["epoch"])
-            # a resumed run may raise the patience (or turn early stopping off) to train further
-            patience = cfg.early_stopping_patience
-            state["stopped"] = bool(patience) and state["bad_epochs"] >= patience
-        # metrics.jsonl mirrors the checkpoint's history: lines of an epoch that was cut off are dropped
-        _write_metrics(out / "metrics.jsonl", state["history"])
-        last_plot = time.time()
-
-        while state["epoch"] < cfg.epochs and not state["stopped"]:
-            epoch = int(state["epoch"])
-            started = time.time()
-            sampler.set_epoch(epoch)
-            loader_gen.manual_seed(cfg.seed * 100003 + epoch)
-            model.train()
-            losses = []
-            bar.phase(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
-            for batch in loader:
-                raise_batch_error(batch)
-                gs = int(state["global_step"])
-                if gs < warmup_steps:
-                    for group in optimizer.param_groups:
-                        group["lr"] = cfg.lr * (gs + 1) / warmup_steps
-                state["global_step"] = gs + 1
-                bar.tick()
-                if not bool(batch["mask"].any()):
-                    continue  # no labelled frame in this batch: nothing to learn from
-                b = batch_to(batch, dev)
-                with autocast_for(dev, use_amp):
-                    pred = model(b["inputs"])
-                loss = ccc_loss(pred.float(), b["labels"], b["mask"])
-                if not bool(torch.isfinite(loss)):
-                    _non_finite_loss(loss, pred, epoch, gs, batch, train_ds)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(float(loss.detach()))
-            lr_used = float(optimizer.param_groups[0]["lr"])
-            bar.phase(f"epoch {epoch + 1}/{cfg.epochs}: validating", len(val_ds))
-            preds = predict_frames(model, val_ds, dev, batch_size=cfg.batch_size, amp=use_amp,
-                                   num_workers=0 if preloaded else workers, progress=bar.tick_n)
-            report = ccc_report(preds, val_labels)
-            score = report["mean"] if report["mean"] is not None else -math.inf
-            if state["global_step"] >= warmup_steps:
-                plateau.step(score)
-            lr_next = float(optimizer.param_groups[0]["lr"])
-            if lr_next < lr_used and state["global_step"] >= warmup_steps:
-                bar.warn(f"epoch {epoch + 1}: val mean CCC has not improved for {cfg.plateau_patience + 1} "
-                         f"epoch(s): learning rate cut {lr_used:.2e} -> {lr_next:.2e}"
-                         + (" (train.min_lr reached)" if lr_next <= cfg.min_lr else ""))
-            improved = score > state["best_score"]
-            state["epoch"] = epoch + 1
-            if improved:
-                state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
-            else:
-                state["bad_epochs"] += 1
-            line = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
-                    "ccc_v": report["ccc_v"], "ccc_a": report["ccc_a"], "mean": report["mean"],
-                    "lr": lr_used, "best": improved, "time": round(time.time() - started, 3)}
-            state["history"].append(line)
-            if cfg.early_stopping_patience and state["bad_epochs"] >= cfg.early_stopping_patience:
-                state["stopped"] = True
-            if improved:
-                save_checkpoint_atomic(out / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1,
-                                                         "metrics": line, "fusion": fusion})
-            save_checkpoint_atomic(out / "last.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "plateau": plateau.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                **{k: state[k] for k in state}, "fusion": fusion})
-            _append_metrics(out / "metrics.jsonl", line)
-            bar.log(line)
-            if time.time() - last_plot >= PLOT_EVERY_S:  # long runs: a fresh curve to look at now and then
-                plot_curves(state["history"], out / "plots" / "curves.png")
-                last_plot = time.time()
-
-        if state["history"]:
-            plot_curves(state["history"], out / "plots" / "curves.png")
-        # final artefacts from the best checkpoint: val predictions and plots
-        if (out / "best.pt").is_file():
-            model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-            bar.phase("predicting val with best.pt", len(val_ds))
-            preds = predict_frames(model, val_ds, dev, batch_size=cfg.batch_size, amp=use_amp,
-                                   num_workers=0 if preloaded else workers, progress=bar.tick_n)
-            write_predictions(out / "predictions" / "val", preds)
-            _plot_val(out, preds, val_labels, cfg.plot_trials)
-        history = state["history"]
-        best = next((h for h in history if h["epoch"] == state["best_epoch"]), None)
-        return RunResult(out, int(state["epoch"]), state["best_epoch"], best, bool(state["stopped"]),
-                         list(history), resumed_from)
+        yield
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         torch.set_num_threads(threads_before)
+
+
+def _build_loop(fusion: str, cfg: TrainConfig, input_dims: dict[str, int], train_ds: WindowDataset,
+                dev: torch.device) -> _Loop:
+    """Seeded model, AdamW, plateau schedule, AMP scaler and the train loader of a fresh run."""
+    from .models import build_model
+
+    seed_everything(cfg.seed)
+    model = build_model(fusion, input_dims, cfg.window, cfg.model or None).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+    in_memory = train_ds.in_memory
+    sampler = TrialBlockSampler(train_ds, cfg.seed, block=len(train_ds.trial_ids) if in_memory else 8)
+    workers = cfg.workers_for(dev.type)
+    loader_gen = torch.Generator()
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                        collate_fn=collate_windows,
+                        pin_memory=dev.type == "cuda", persistent_workers=workers > 0, generator=loader_gen,
+                        prefetch_factor=4 if workers > 0 else None)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    return _Loop(model, optimizer, plateau, scaler, sampler, loader, loader_gen, use_amp,
+                 infer_workers=0 if in_memory else workers, steps_per_epoch=steps_per_epoch,
+                 warmup_steps=math.ceil(cfg.warmup_epochs * steps_per_epoch))
+
+
+def _restore(out: Path, loop: _Loop, cfg: TrainConfig, resuming: bool) -> int | None:
+    """Load last.pt into `loop` when resuming (the epoch it ends after, else None); drop half-written files."""
+    from .models import load_weights
+
+    for leftover in out.glob(".*.tmp"):  # files a killed run was writing; never read
+        leftover.unlink(missing_ok=True)
+    if not (resuming and (out / "last.pt").is_file()):
+        return None
+    ckpt = load_checkpoint(out / "last.pt")
+    load_weights(loop.model, ckpt["model"], out / "last.pt")
+    loop.optimizer.load_state_dict(ckpt["optimizer"])
+    loop.plateau.load_state_dict(ckpt["plateau"])
+    loop.scaler.load_state_dict(ckpt["scaler"])
+    for k in loop.state:
+        loop.state[k] = ckpt[k]
+    set_rng_state(ckpt["rng"])
+    # a resumed run may raise the patience (or turn early stopping off) to train further
+    patience = cfg.early_stopping_patience
+    loop.state["stopped"] = bool(patience) and loop.state["bad_epochs"] >= patience
+    return int(loop.state["epoch"])
+
+
+def _run_epoch(out: Path, fusion: str, cfg: TrainConfig, loop: _Loop, train_ds: WindowDataset,
+               val_ds: WindowDataset, val_labels: dict[str, tuple[np.ndarray, np.ndarray]], dev: torch.device,
+               bar: "_TrainProgress") -> None:
+    """One epoch: train, validate, schedule the learning rate, record, checkpoint."""
+    epoch = int(loop.state["epoch"])
+    started = time.time()
+    losses = _train_epoch(cfg, loop, epoch, train_ds, dev, bar)
+    lr_used = float(loop.optimizer.param_groups[0]["lr"])
+    bar.phase(f"epoch {epoch + 1}/{cfg.epochs}: validating", len(val_ds))
+    report = ccc_report(_predict_val(cfg, loop, val_ds, dev, bar), val_labels)
+    score = report["mean"] if report["mean"] is not None else -math.inf
+    _step_plateau(cfg, loop, epoch, score, lr_used, bar)
+    improved = _record_score(loop.state, epoch, score)
+    line = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+            "ccc_v": report["ccc_v"], "ccc_a": report["ccc_a"], "mean": report["mean"],
+            "lr": lr_used, "best": improved, "time": round(time.time() - started, 3)}
+    loop.state["history"].append(line)
+    if cfg.early_stopping_patience and loop.state["bad_epochs"] >= cfg.early_stopping_patience:
+        loop.state["stopped"] = True
+    _save_epoch(out, fusion, loop, line)
+    bar.log(line)
+
+
+def _train_epoch(cfg: TrainConfig, loop: _Loop, epoch: int, train_ds: WindowDataset, dev: torch.device,
+                 bar: "_TrainProgress") -> list[float]:
+    """One pass over the train windows in the (seed, epoch) order; the loss of every optimizer step."""
+    from .ccc import ccc_loss
+
+    loop.sampler.set_epoch(epoch)
+    loop.loader_gen.manual_seed(cfg.seed * 100003 + epoch)
+    loop.model.train()
+    losses = []
+    bar.phase(f"epoch {epoch + 1}/{cfg.epochs}", loop.steps_per_epoch)
+    for batch in loop.loader:
+        raise_batch_error(batch)
+        gs = int(loop.state["global_step"])
+        _warm_up(cfg, loop, gs)
+        loop.state["global_step"] = gs + 1
+        bar.tick()
+        if not bool(batch["mask"].any()):
+            continue  # no labelled frame in this batch: nothing to learn from
+        b = batch_to(batch, dev)
+        with autocast_for(dev, loop.use_amp):
+            pred = loop.model(b["inputs"])
+        loss = ccc_loss(pred.float(), b["labels"], b["mask"])
+        if not bool(torch.isfinite(loss)):
+            _non_finite_loss(loss, pred, epoch, gs, batch, train_ds)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            loop.scaler.unscale_(loop.optimizer)
+            torch.nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.grad_clip)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _warm_up(cfg: TrainConfig, loop: _Loop, global_step: int) -> None:
+    """Linear warm-up of the learning rate over the first `loop.warmup_steps` optimizer steps."""
+    if global_step < loop.warmup_steps:
+        for group in loop.optimizer.param_groups:
+            group["lr"] = cfg.lr * (global_step + 1) / loop.warmup_steps
+
+
+def _predict_val(cfg: TrainConfig, loop: _Loop, val_ds: WindowDataset, dev: torch.device,
+                 bar: "_TrainProgress") -> dict[str, np.ndarray]:
+    """Per-frame predictions of the current model on every val trial."""
+    return predict_frames(loop.model, val_ds, dev, batch_size=cfg.batch_size, amp=loop.use_amp,
+                          num_workers=loop.infer_workers, progress=bar.tick)
+
+
+def _step_plateau(cfg: TrainConfig, loop: _Loop, epoch: int, score: float, lr_used: float,
+                  bar: "_TrainProgress") -> None:
+    """After warm-up, let ReduceLROnPlateau see the val score; say when it cuts the learning rate."""
+    warm = loop.state["global_step"] >= loop.warmup_steps
+    if warm:
+        loop.plateau.step(score)
+    lr_next = float(loop.optimizer.param_groups[0]["lr"])
+    if lr_next < lr_used and warm:
+        bar.warn(f"epoch {epoch + 1}: val mean CCC has not improved for {cfg.plateau_patience + 1} "
+                 f"epoch(s): learning rate cut {lr_used:.2e} -> {lr_next:.2e}"
+                 + (" (train.min_lr reached)" if lr_next <= cfg.min_lr else ""))
+
+
+def _record_score(state: dict[str, Any], epoch: int, score: float) -> bool:
+    """Close `epoch` in `state` with its val `score`: a new best (True), or one more bad epoch."""
+    improved = score > state["best_score"]
+    state["epoch"] = epoch + 1
+    if improved:
+        state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
+    else:
+        state["bad_epochs"] += 1
+    return improved
+
+
+def _save_epoch(out: Path, fusion: str, loop: _Loop, line: dict[str, Any]) -> None:
+    """best.pt on a new best, then last.pt (all a resume needs) and the epoch's metrics line."""
+    if line["best"]:
+        save_checkpoint_atomic(out / "best.pt", {"model": loop.model.state_dict(), "epoch": line["epoch"],
+                                                 "metrics": line, "fusion": fusion})
+    save_checkpoint_atomic(out / "last.pt", {
+        "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+        "plateau": loop.plateau.state_dict(), "scaler": loop.scaler.state_dict(), "rng": rng_state(),
+        **{k: loop.state[k] for k in loop.state}, "fusion": fusion})
+    _append_metrics(out / "metrics.jsonl", line)
+
+
+def _best_artefacts(out: Path, cfg: TrainConfig, loop: _Loop, val_ds: WindowDataset,
+                    val_labels: dict[str, tuple[np.ndarray, np.ndarray]], dev: torch.device,
+                    bar: "_TrainProgress") -> None:
+    """Val predictions and plots of the best checkpoint (none when no epoch validated)."""
+    if not (out / "best.pt").is_file():
+        return
+    loop.model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    bar.phase("predicting val with best.pt", len(val_ds))
+    preds = _predict_val(cfg, loop, val_ds, dev, bar)
+    write_predictions(out / "predictions" / "val", preds)
+    _plot_val(out, preds, val_labels, cfg.plot_trials)
 
 
 def _non_finite_loss(loss: torch.Tensor, pred: torch.Tensor, epoch: int, step: int, batch: dict[str, Any],
@@ -544,45 +607,12 @@ def _append_metrics(path: Path, line: dict[str, Any]) -> None:
         fh.write(json.dumps(line, sort_keys=True) + "\n")
 
 
-class _TrainProgress:
-    """Rich progress bars for the CLI (one bar per phase) and one printed line per epoch."""
+class _TrainProgress(PhaseProgress):
+    """The CLI's bars (one per phase), one printed line per epoch, and the warnings of the run."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.p = None
-        self.task = None
+        super().__init__(enabled)
         self.warnings: list[str] = []
-
-    def __enter__(self) -> "_TrainProgress":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from rich.console import Console
-
-            # stderr: stdout carries only results (`affpipe ... --json`), progress never mixes in
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), transient=True, console=Console(stderr=True))
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.p is not None:
-            self.p.__exit__(*exc)
-
-    def phase(self, title: str, total: int | None) -> None:
-        if self.p is None:
-            return
-        if self.task is not None:
-            self.p.remove_task(self.task)
-        self.task = self.p.add_task(title, total=total)
-
-    def tick(self) -> None:
-        if self.p is not None and self.task is not None:
-            self.p.advance(self.task)
-
-    def tick_n(self, n: int) -> None:
-        if self.p is not None and self.task is not None:
-            self.p.advance(self.task, n)
 
     def warn(self, message: str) -> None:
         """One warning line on stderr (plain text: messages may hold ``[...]``), kept for the result."""
@@ -593,15 +623,12 @@ class _TrainProgress:
             click.echo(f"warning: {message}", err=True)
 
     def log(self, line: dict[str, Any]) -> None:
-        if self.p is None:
-            return
-
         def f(x: Any) -> str:
             return "  nan" if x is None else f"{x:.4f}"
 
-        self.p.console.print(f"epoch {line['epoch']:3d}  loss {f(line['loss'])}  val ccc_v {f(line['ccc_v'])}  "
-                             f"ccc_a {f(line['ccc_a'])}  mean {f(line['mean'])}  lr {line['lr']:.2e}  "
-                             f"{line['time']:.1f}s" + ("  *" if line["best"] else ""), soft_wrap=True)
+        self.print(f"epoch {line['epoch']:3d}  loss {f(line['loss'])}  val ccc_v {f(line['ccc_v'])}  "
+                   f"ccc_a {f(line['ccc_a'])}  mean {f(line['mean'])}  lr {line['lr']:.2e}  "
+                   f"{line['time']:.1f}s" + ("  *" if line["best"] else ""))
 
 
 __all__ = ["train", "RunResult", "write_predictions", "read_prediction_csv", "parse_modalities", "ConfigError"]

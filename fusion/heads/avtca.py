@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FusionHead, check_float, check_int, register_head
+from .base import FusionHead, check_float, check_int, check_split_width, register_head
 
 
 def sinusoidal(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -128,10 +128,7 @@ class AVTCAHead(FusionHead):
         if len(dims) < 2:
             raise ValueError(f"fusion head 'avtca' cross-attends between modalities and needs at least 2, "
                              f"got {', '.join(dims) or 'none'}")
-        d = check_int(cfg, "d_model", self.name)
-        heads = check_int(cfg, "heads", self.name)
-        if d % heads:
-            raise ValueError(f"fusion head 'avtca': d_model ({d}) must be divisible by heads ({heads})")
+        d, heads = check_split_width(cfg, "d_model", "heads", self.name)
         layers = check_int(cfg, "layers", self.name)
         ratio = check_int(cfg, "mlp_ratio", self.name)
         dropout = check_float(cfg, "attn_dropout", self.name, 0.0, 1.0)

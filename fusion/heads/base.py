@@ -85,6 +85,15 @@ def check_int(cfg: dict[str, Any], key: str, head: str, low: int = 1) -> int:
     return value
 
 
+def check_split_width(cfg: dict[str, Any], width_key: str, heads_key: str, head: str) -> tuple[int, int]:
+    """(width, heads) of a multi-head attention: both integers >= 1, the width a multiple of the heads."""
+    width = check_int(cfg, width_key, head)
+    heads = check_int(cfg, heads_key, head)
+    if width % heads:
+        raise ValueError(f"fusion head {head!r}: {width_key} ({width}) must be divisible by {heads_key} ({heads})")
+    return width, heads
+
+
 def check_float(cfg: dict[str, Any], key: str, head: str, low: float, high: float | None = None,
                 low_open: bool = False) -> float:
     value = cfg[key]

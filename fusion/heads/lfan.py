@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import FusionHead, check_float, check_int, register_head
+from .base import FusionHead, check_float, check_split_width, register_head
 
 LEADER = "visual"
 
@@ -53,10 +53,7 @@ class LFANHead(FusionHead):
         if LEADER not in dims:
             raise ValueError(f"fusion head 'lfan' needs a {LEADER!r} modality as leader, "
                              f"got {', '.join(dims) or 'none'}")
-        dim = check_int(cfg, "lfan_dim", self.name)
-        heads = check_int(cfg, "lfan_heads", self.name)
-        if dim % heads:
-            raise ValueError(f"fusion head 'lfan': lfan_dim ({dim}) must be divisible by lfan_heads ({heads})")
+        dim, heads = check_split_width(cfg, "lfan_dim", "lfan_heads", self.name)
         self.dim, self.heads = dim, heads
         self.leader = self.modalities.index(LEADER)
         self.q = nn.ModuleList([nn.Linear(dm, dim) for dm in dims.values()])

@@ -160,13 +160,13 @@ class StageProgress:
 
     def __enter__(self) -> "StageProgress":
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-            # stderr, like every live display: stdout carries only results (`--json`)
-            self._progress = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), transient=False,
-                                      console=Console(stderr=True))
+            from .progress import stderr_progress
+
+            self._progress = stderr_progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+                                             TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+                                             transient=False)
             self._progress.__enter__()
             for s in self.order:
                 self._ids[s] = self._progress.add_task(s, total=self.total[s], counts="")
