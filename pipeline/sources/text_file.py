@@ -16,13 +16,17 @@ ErrorAt = Callable[[int, int, str], Exception]
 
 
 def decode_utf8(data: bytes, error: ErrorAt) -> str:
-    """UTF-8 text, a leading BOM removed (Excel writes one); a bad byte raises `error` at its line and column."""
+    """UTF-8 text, a leading BOM removed (Excel writes one); a bad byte raises `error` at its line and column.
+
+    The column counts bytes from the start of the line (1-based), so it points at the bad byte itself.
+    """
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         before = data[: exc.start]
-        line = before.count(b"\n") + 1
-        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        # CRLF, lone CR and LF each end a line, as for every reader here (csv and universal newlines)
+        line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
+        col = exc.start - max(before.rfind(b"\n"), before.rfind(b"\r"))
         hint = " (saved as UTF-16? re-save it as UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
         raise error(line, col, f"not UTF-8 text: {exc.reason} at byte {exc.start}{hint}") from None
 
