@@ -32,14 +32,14 @@ WHISPER_ENV = "AFFPIPE_WHISPER_MODEL"
 def _whisper_folder_problem(path: Path) -> str | None:
     if (path / "model.bin").is_file():
         return None
-    return "does not exist" if not path.exists() else "has no model.bin (not a CTranslate2 model folder)"
+    return "does not exist" if not path.exists() else "has no model.bin, so is not a CTranslate2 model folder"
 
 
 WHISPER_MODEL = WeightsSource(
     "faster-whisper model folder",
     "get one with `ct2-transformers-converter --model openai/whisper-small --output_dir DIR "
     "--copy_files tokenizer.json --quantization int8` (package ctranslate2 + transformers) or copy a "
-    "ready folder such as Systran/faster-whisper-small from the Hugging Face hub, and `pip install faster-whisper`",
+    "ready folder such as Systran/faster-whisper-small from the Hugging Face hub (and `pip install faster-whisper`)",
     stage="asr", setting="model", env=WHISPER_ENV, kind="folder", problem=_whisper_folder_problem)
 
 _ALT_PRON = re.compile(r"\(\d+\)$")
