@@ -190,10 +190,10 @@ class NormStats:
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from pipeline.engine.atomic import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:  # a file object: np.savez adds no ".npz"
+        np.savez(fh, **arrays)
 
 
 def stats_problem(mean: np.ndarray, std: np.ndarray, count: int, dim: int | None) -> str:

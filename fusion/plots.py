@@ -1,7 +1,6 @@
 """Run plots (matplotlib Agg: training runs on headless machines): curves and prediction traces."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ def _pyplot():
 
 def _save(fig: Any, path: Path) -> None:
     """Write under a temporary name then rename: a viewer never opens a half-written PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    from pipeline.engine.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.engine.atomic import atomic_write_text
+
 from .evaluate import run_on_split
 from .runs import FusionError
 from .train import write_predictions
@@ -53,9 +55,7 @@ def write_submission(out: str | Path, preds: dict[str, np.ndarray]) -> list[Path
     written = []
     for t, p in preds.items():
         path = out / f"{t}.txt"
-        tmp = out / f".{t}.txt.tmp"
-        tmp.write_text(format_submission(p), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, format_submission(p))
         written.append(path)
     return written
 

@@ -14,13 +14,14 @@ Checkpoints hold only tensors and plain Python values, so they load with
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.engine.atomic import atomic_path, atomic_write_text
 
 from .config import TrainConfig, train_config_from_dict
 
@@ -30,17 +31,13 @@ class FusionError(RuntimeError):
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def save_checkpoint_atomic(path: Path, obj: dict[str, Any]) -> None:
     """Temporary file + rename: a run killed while saving keeps its previous checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.engine.atomic import atomic_write_text
+
 from .config import ConfigError, TrainConfig, load_config, train_config_from_dict
 from pipeline.engine.progress import PhaseProgress
 
@@ -578,9 +580,7 @@ def write_predictions(folder: Path, preds: dict[str, np.ndarray]) -> None:
     for t, p in preds.items():
         frames = np.arange(p.shape[0])
         body = "\n".join(f"{i},{v:.6f},{a:.6f}" for i, (v, a) in zip(frames, p.astype(np.float64)))
-        tmp = folder / f".{t}.csv.tmp"
-        tmp.write_text("frame,valence,arousal\n" + body + ("\n" if body else ""), encoding="utf-8")
-        tmp.replace(folder / f"{t}.csv")
+        atomic_write_text(folder / f"{t}.csv", "frame,valence,arousal\n" + body + ("\n" if body else ""))
 
 
 def read_prediction_csv(path: Path) -> np.ndarray:
@@ -597,9 +597,7 @@ def read_prediction_csv(path: Path) -> np.ndarray:
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in history), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
 
 
 def _append_metrics(path: Path, line: dict[str, Any]) -> None:

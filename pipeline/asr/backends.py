@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,14 +22,26 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..engine.stage import StageError
+from ..models.weights import WeightsSource, memo_sha256
 from .vad import SAMPLE_RATE
 from .words import AsrWord
 
 WHISPER_ENV = "AFFPIPE_WHISPER_MODEL"
-WHISPER_HELP = ("get one with `ct2-transformers-converter --model openai/whisper-small --output_dir DIR "
-                "--copy_files tokenizer.json --quantization int8` (package ctranslate2 + transformers) or copy a "
-                "ready folder such as Systran/faster-whisper-small from the Hugging Face hub, then set asr.model "
-                f"or ${WHISPER_ENV} to DIR, and `pip install faster-whisper`")
+
+
+def _whisper_folder_problem(path: Path) -> str | None:
+    if (path / "model.bin").is_file():
+        return None
+    return "does not exist" if not path.exists() else "has no model.bin, so is not a CTranslate2 model folder"
+
+
+WHISPER_MODEL = WeightsSource(
+    "faster-whisper model folder",
+    "get one with `ct2-transformers-converter --model openai/whisper-small --output_dir DIR "
+    "--copy_files tokenizer.json --quantization int8` (package ctranslate2 + transformers) or copy a "
+    "ready folder such as Systran/faster-whisper-small from the Hugging Face hub (and `pip install faster-whisper`)",
+    stage="asr", setting="model", env=WHISPER_ENV, kind="folder", problem=_whisper_folder_problem)
+
 _ALT_PRON = re.compile(r"\(\d+\)$")
 
 
@@ -84,15 +95,7 @@ class PocketSphinx:
 
 def resolve_whisper_model(setting: str | None) -> Path:
     """The CTranslate2 model folder from the setting or the env var; `missing-weights` when absent."""
-    value = (setting or "").strip() or os.environ.get(WHISPER_ENV, "").strip()
-    if not value:
-        raise StageError("missing-weights", f"asr backend faster-whisper needs a local CTranslate2 Whisper model "
-                                            f"folder and none is set; {WHISPER_HELP}")
-    path = Path(value).expanduser()
-    if not (path / "model.bin").is_file():
-        what = "does not exist" if not path.exists() else "has no model.bin (not a CTranslate2 model folder)"
-        raise StageError("missing-weights", f"{path}: faster-whisper model folder {what}; {WHISPER_HELP}")
-    return path.resolve()
+    return WHISPER_MODEL.resolve(setting).resolve()
 
 
 def whisper_words(segments: Iterable[Any], offset: float) -> list[AsrWord]:
@@ -127,12 +130,7 @@ class FasterWhisper:
         self.model = WhisperModel(str(model_dir), device=device, compute_type=compute_type, local_files_only=True)
 
     def identity(self) -> dict[str, str]:
-        from ..models.backbones import sha256_file
-        from ..engine.resources import get_model
-
-        f = self.model_dir / "model.bin"
-        sha = get_model(("sha256", str(f), f.stat().st_size, f.stat().st_mtime_ns), lambda: sha256_file(f))
-        return {"model": str(self.model_dir), "weights": sha}
+        return {"model": str(self.model_dir), "weights": memo_sha256(self.model_dir / "model.bin")}
 
     def transcribe(self, samples: np.ndarray, offset: float) -> list[AsrWord]:
         segments, _info = self.model.transcribe(np.ascontiguousarray(samples, dtype=np.float32), language=self.language,

@@ -36,6 +36,23 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
+def _number(value: Any, tp: type, where: str) -> int | float:
+    """`value` as an int or a float by the rules in the module docstring; a bool is never a number here."""
+    if isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            pass
+    elif not isinstance(value, bool):
+        if tp is float and isinstance(value, (int, float)):
+            return float(value)
+        if tp is int and isinstance(value, int):
+            return value
+        if tp is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+    raise SettingsError(f"{where} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """`value` as type `tp`, or SettingsError naming `where` (e.g. ``faces.detect_every``)."""
     optional, inner = _is_optional(tp)
@@ -50,30 +67,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
             return value.strip().lower() in ("true", "1")
         raise SettingsError(f"{where} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise SettingsError(f"{where} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise SettingsError(f"{where} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise SettingsError(f"{where} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise SettingsError(f"{where} must be a number, got {value!r}")
+    if tp in (int, float):
+        return _number(value, tp, where)
     if tp is str:
         if isinstance(value, str):
             return value

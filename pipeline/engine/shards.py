@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from .atomic import temporary_sibling
+from .atomic import atomic_path
 from .stage import ShardData
 
 SCHEMA_VERSION = 2  # 2: fletcher32 / sha256 on every dataset (1 had none and is recomputed)
@@ -133,10 +132,8 @@ def write_shard(path: Path, *, frame: np.ndarray, time: np.ndarray, features: np
         raise ShardError(f"{path}: features have {features.shape[0]} rows for {n} frames")
     if valid is not None and valid.shape[0] != n:
         raise ShardError(f"{path}: valid has {valid.shape[0]} rows for {n} frames")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
     digests: dict[str, str] = {}
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver="latest") as h5:
             _dataset(h5, "frame", np.asarray(frame, dtype=np.int64), True, digests)
             _dataset(h5, "time", np.asarray(time, dtype=np.float64), True, digests)
@@ -155,12 +152,6 @@ def write_shard(path: Path, *, frame: np.ndarray, time: np.ndarray, features: np
                 h5.attrs[k] = _attr_value(v)
             h5.attrs["digests"] = json.dumps(digests, sort_keys=True)
             h5.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

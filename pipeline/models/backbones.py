@@ -13,8 +13,6 @@ them and where to put them. Random weights exist only under an explicit
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,13 +24,15 @@ from torch import nn
 
 from .backbone_specs import BACKBONES, BackboneSpec, get_spec  # noqa: F401  (re-exported)
 from ..engine.stage import StageError
+# sha256_file is re-exported: pipeline.stages.faces reads it from here
+from .weights import WeightsSource, load_state_dict, sha256_file  # noqa: F401
 
 FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 FACENET_FILE = "20180402-114759-vggface2.pt"
 FACENET_ENV = "AFFPIPE_FACENET_WEIGHTS"
-IR50_HINT = ("download an IR-50 checkpoint trained on MS-Celeb-1M, e.g. face.evoLVe's "
-             "'backbone_ir50_ms1m_epoch120.pth' (linked from github.com/ZhaoJ9014/face.evoLVe, "
-             "'Model Zoo'), and name its path in the visual stage's `weights` setting")
+IR50_WEIGHTS = WeightsSource(
+    "IR-50 weights", "download an IR-50 checkpoint trained on MS-Celeb-1M, e.g. face.evoLVe's "
+    "'backbone_ir50_ms1m_epoch120.pth' (linked from github.com/ZhaoJ9014/face.evoLVe, 'Model Zoo')", stage="visual")
 RANDOM_SEED = 0
 
 
@@ -59,33 +59,11 @@ class LoadedBackbone:
         return out
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     """Build a module with fixed-seed random weights without disturbing the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         return build()
-
-
-def _load_state_dict(path: Path, arch: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise StageError("bad-weights", f"{path}: cannot read {arch} weights ({type(exc).__name__}: "
-                                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise StageError("bad-weights", f"{path}: {arch} weights are not a state_dict")
-    # checkpoints saved from nn.DataParallel prefix every key with "module."
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def _strict_load(module, state: dict, path: Path, arch: str) -> None:
@@ -108,20 +86,16 @@ def facenet_cache_path() -> Path:
     return Path(get_torch_home()) / "checkpoints" / FACENET_FILE
 
 
+def facenet_weights() -> WeightsSource:
+    """FaceNet's weights: facenet-pytorch's own cache by default (its place depends on $TORCH_HOME)."""
+    return WeightsSource("FaceNet 'vggface2' weights",
+                         f"download {FACENET_URL} to {facenet_cache_path()} (facenet-pytorch's cache)",
+                         stage="visual", env=FACENET_ENV, has_default=True)
+
+
 def resolve_facenet_weights(weights: str | None) -> Path:
     """The FaceNet weight file to use: explicit setting, then $AFFPIPE_FACENET_WEIGHTS, then facenet-pytorch's cache."""
-    hint = (f"download {FACENET_URL} and put it at {facenet_cache_path()} "
-            f"(facenet-pytorch's cache), or name the file with ${FACENET_ENV} or the visual stage's `weights` setting")
-    for source, value in (("setting `weights`", weights), (f"${FACENET_ENV}", os.environ.get(FACENET_ENV))):
-        if value:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise StageError("missing-weights", f"{path}: FaceNet weights named by {source} not found; {hint}")
-            return path
-    path = facenet_cache_path()
-    if not path.is_file():
-        raise StageError("missing-weights", f"FaceNet 'vggface2' weights not found at {path}; {hint}")
-    return path
+    return facenet_weights().resolve(weights, facenet_cache_path())
 
 
 def _build_facenet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
@@ -130,7 +104,7 @@ def _build_facenet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
     if random:
         return _seeded(lambda: InceptionResnetV1(pretrained=None, classify=False)), "none"
     path = resolve_facenet_weights(weights)
-    state = _load_state_dict(path, "InceptionResnetV1")
+    state = load_state_dict(path, "InceptionResnetV1")
     # the released file carries the 8631-way VGGFace2 classifier; embeddings do not use it
     state = {k: v for k, v in state.items() if not k.startswith("logits.")}
     model = InceptionResnetV1(pretrained=None, classify=False)
@@ -145,13 +119,9 @@ def _build_ir50(weights: str | None, random: bool) -> tuple[nn.Module, str]:
 
     if random:
         return _seeded(IR50), "none"
-    if not weights:
-        raise StageError("missing-weights", f"backbone 'ir50' needs a weight file: {IR50_HINT}")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise StageError("missing-weights", f"{path}: IR-50 weights not found; {IR50_HINT}")
+    path = IR50_WEIGHTS.resolve(weights)
     model = IR50()
-    _strict_load(model, _load_state_dict(path, "IR-50"), path, "IR-50")
+    _strict_load(model, load_state_dict(path, "IR-50"), path, "IR-50")
     return model, sha256_file(path)
 
 
@@ -197,17 +167,18 @@ def onet_weights_path() -> Path:
     return facenet_data_dir() / "onet.pt"
 
 
+ONET_WEIGHTS = WeightsSource("ONet weights", "reinstall facenet-pytorch==2.5.3, which ships them as "
+                                             "facenet_pytorch/data/onet.pt", stage="visual", has_default=True)
+
+
 def _build_onet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
     from facenet_pytorch.models.mtcnn import ONet
 
     if random:
         return ONetEmbedding(_seeded(lambda: ONet(pretrained=False))), "none"
-    path = Path(weights).expanduser() if weights else onet_weights_path()
-    if not path.is_file():
-        raise StageError("missing-weights", f"{path}: ONet weights not found (they ship inside facenet-pytorch "
-                                            f"as facenet_pytorch/data/onet.pt; reinstall facenet-pytorch==2.5.3)")
+    path = ONET_WEIGHTS.resolve(weights, onet_weights_path())
     net = ONet(pretrained=False)
-    _strict_load(net, _load_state_dict(path, "ONet"), path, "ONet")
+    _strict_load(net, load_state_dict(path, "ONet"), path, "ONet")
     return ONetEmbedding(net), sha256_file(path)
 
 
@@ -233,13 +204,8 @@ def weights_file(name: str, weights: str | None) -> Path | None:
     """The weight file a backbone would read, when it exists (its content belongs in the cache key)."""
     if name.startswith("random:"):
         return None
-    try:
-        if name == "facenet":
-            return resolve_facenet_weights(weights)
-        if name == "onet":
-            path = Path(weights).expanduser() if weights else onet_weights_path()
-        else:
-            path = Path(weights).expanduser() if weights else None
-    except StageError:
-        return None
-    return path if path is not None and path.is_file() else None
+    if name == "facenet":
+        return facenet_weights().existing(weights, facenet_cache_path())
+    if name == "onet":
+        return ONET_WEIGHTS.existing(weights, onet_weights_path())
+    return IR50_WEIGHTS.existing(weights)

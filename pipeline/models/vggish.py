@@ -21,7 +21,6 @@ quantisation post-processing is never applied (off in both seeds, too).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from ..engine.stage import StageError
+from .weights import WeightsSource, load_state_dict, sha256_file
 
 from .vggish_params import (  # noqa: F401  (the constants, re-exported: `vggish.SAMPLE_RATE` reads as before)
     EMBEDDING_DIM, EMBEDDINGS, F_MAX, F_MIN, FFT, HOP, LOG_OFFSET, N_MELS, PATCH_FRAMES, SAMPLE_RATE, WEIGHTS_ENV,
@@ -163,20 +163,15 @@ def _online() -> bool:
         return False
 
 
-def missing_weights_message() -> str:
-    return (f"VGGish weights not found: download {WEIGHTS_URL} and pass its path as the audio stage "
-            f"setting 'weights' or in the environment variable {WEIGHTS_ENV}")
+WEIGHTS = WeightsSource("VGGish weights", f"download {WEIGHTS_URL}", stage="audio", env=WEIGHTS_ENV)
 
 
 def resolve_weights(path: str | os.PathLike | None, *, download: bool = True) -> Path:
     """Where the VGGish checkpoint is: the explicit path, then $AFFPIPE_VGGISH_WEIGHTS, then torch's
     hub cache (downloading into it only when online and `download`). Raises missing-weights."""
-    explicit = path or os.environ.get(WEIGHTS_ENV)
-    if explicit:
-        p = Path(explicit).expanduser()
-        if not p.is_file():
-            raise StageError("missing-weights", f"{p}: file not found. {missing_weights_message()}")
-        return p
+    named = WEIGHTS.named(path)
+    if named is not None:
+        return named
     cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
     if cached.is_file():
         return cached
@@ -184,28 +179,13 @@ def resolve_weights(path: str | os.PathLike | None, *, download: bool = True) ->
         try:
             torch.hub.load_state_dict_from_url(WEIGHTS_URL, progress=False, map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - any network/HTTP failure means "not available"
-            raise StageError("missing-weights", f"download failed ({exc.__class__.__name__}). "
-                                                f"{missing_weights_message()}") from None
+            raise WEIGHTS.missing(f"not found, and the download failed ({exc.__class__.__name__})", cached) from None
         if cached.is_file():
             return cached
-    raise StageError("missing-weights", missing_weights_message())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    raise WEIGHTS.missing("not found", cached)
 
 
 def load_vggish(path: Path, device: str = "cpu", embedding: str = "linear") -> tuple[VGGish, str]:
     """(model in eval mode on `device`, sha256 of the weight file)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable/truncated/pickle: all "bad weights"
-        raise StageError("bad-weights", f"{path}: cannot read as a PyTorch state dict "
-                                        f"({exc.__class__.__name__})") from None
-    if not isinstance(state, dict):
-        raise StageError("bad-weights", f"{path}: holds a {type(state).__name__}, not a state dict")
-    return from_checkpoint_state_dict(state, str(path), embedding).to(device), file_sha256(path)
+    state = load_state_dict(path, "VGGish")
+    return from_checkpoint_state_dict(state, str(path), embedding).to(device), sha256_file(path)

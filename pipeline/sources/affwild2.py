@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .manifest import SPLITS, Trial, read_manifest, write_manifest
+from .text_file import read_utf8
 
 VIDEO_SUFFIXES = (".mp4", ".avi")
 SET_SPLITS = {"Train_Set": "train", "Validation_Set": "val"}
@@ -161,10 +162,7 @@ def read_test_list(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise AffWild2Error(f"{path}: test list not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise AffWild2Error(f"{path}: test list is not UTF-8 text ({exc.reason})") from None
+    text = read_utf8(path, lambda line, col, msg: AffWild2Error(f"{path}:{line}:{col}: test list is {msg}"))
     names: list[str] = []
     seen: set[str] = set()
     first = True
@@ -224,10 +222,32 @@ def build_affwild2_manifest(root: Path, out: Path, track: str = "VA",
     report = ManifestReport(out=out, trials=[], n_videos=sum(len(v) for v in tree.videos.values()),
                             annotation_dirs=[d for d, _, _ in tree.annotation_sets])
     report.ambiguous_videos = {s: sorted(ps) for s, ps in sorted(tree.videos.items()) if len(ps) > 1}
-
-    # trial -> [(rank, path, split)]; the newest annotation generation wins.
-    found: dict[str, list[tuple[int, Path, str]]] = defaultdict(list)
     report.unreadable = tree.unreadable
+    found = _annotation_files(tree, report)
+    wanted = _annotated_trials(found, set(tests), track, report) + [(name, "test", None) for name in tests]
+    _match_videos(wanted, tree, report)
+    if not report.trials:
+        looked = (f"{len(found)} {track} annotation files in {len(tree.annotation_sets)} "
+                  f"Train_Set/Validation_Set folders under {track}_* folders, {report.n_videos} videos")
+        if tests:
+            looked += f", {len(tests)} test names"
+        raise AffWild2Error(f"{root}: no trial matched a video ({looked}); nothing written")
+
+    order = {s: i for i, s in enumerate(SPLITS)}
+    report.trials.sort(key=lambda t: (order[t.split], t.trial))
+    write_manifest(report.trials, out)
+    # Read back: the manifest on disk is what the pipeline will see, so report that.
+    report.trials = read_manifest(out)
+    return report
+
+
+#: trial -> [(generation rank, annotation file, split)], every candidate found
+_Found = dict[str, list[tuple[int, Path, str]]]
+
+
+def _annotation_files(tree: _Tree, report: ManifestReport) -> _Found:
+    """Every ``<trial>.txt`` in the annotation set folders; folders that cannot be listed go to the report."""
+    found: _Found = defaultdict(list)
     for folder, split, rank in tree.annotation_sets:
         try:
             files = sorted(folder.iterdir())
@@ -237,9 +257,14 @@ def build_affwild2_manifest(root: Path, out: Path, track: str = "VA",
         for f in files:
             if f.is_file() and f.suffix.lower() == ".txt" and not f.name.startswith("."):
                 found[f.stem].append((rank, f, split))
+    return found
 
-    test_set = set(tests)
-    wanted: list[tuple[str, str, Path | None]] = []  # (trial, split, annotation)
+
+def _annotated_trials(found: _Found, test_set: set[str], track: str,
+                      report: ManifestReport) -> list[tuple[str, str, Path | None]]:
+    """(trial, split, annotation) for each annotated trial that can be used: the newest generation's
+    file, in one split only, not a test trial, and with the track's header; the rest go to the report."""
+    wanted: list[tuple[str, str, Path | None]] = []
     for trial in sorted(found):
         cands = sorted(found[trial], key=lambda c: (c[0], str(c[1])))
         if len(cands) > 1:
@@ -257,8 +282,12 @@ def build_affwild2_manifest(root: Path, out: Path, track: str = "VA",
             report.bad_annotations.append((ann, reason))
             continue
         wanted.append((trial, split, ann))
-    wanted += [(name, "test", None) for name in tests]
+    return wanted
 
+
+def _match_videos(wanted: list[tuple[str, str, Path | None]], tree: _Tree, report: ManifestReport) -> None:
+    """Add a `Trial` to the report for each wanted trial with exactly one video; report every other one,
+    and the videos no trial uses."""
     used: set[Path] = set()
     for trial, split, ann in wanted:
         subject, files = _video_for(trial, tree.videos)
@@ -280,20 +309,6 @@ def build_affwild2_manifest(root: Path, out: Path, track: str = "VA",
                                    subject=subject, aligned_faces=aligned[0] if len(aligned) == 1 else None))
     report.unused_videos = sorted(p for ps in tree.videos.values() for p in ps
                                   if p not in used and len(ps) == 1)
-
-    if not report.trials:
-        looked = (f"{len(found)} {track} annotation files in {len(tree.annotation_sets)} "
-                  f"Train_Set/Validation_Set folders under {track}_* folders, {report.n_videos} videos")
-        if tests:
-            looked += f", {len(tests)} test names"
-        raise AffWild2Error(f"{root}: no trial matched a video ({looked}); nothing written")
-
-    order = {s: i for i, s in enumerate(SPLITS)}
-    report.trials.sort(key=lambda t: (order[t.split], t.trial))
-    write_manifest(report.trials, out)
-    # Read back: the manifest on disk is what the pipeline will see, so report that.
-    report.trials = read_manifest(out)
-    return report
 
 
 def _preview(items: list, limit: int) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .text_file import read_utf8
+
 VA_HEADER = ("valence", "arousal")
 #: ABAW 3+ (8 classes) and ABAW 2 (7 classes, no "Other") expression headers.
 EXPR_HEADERS = (
@@ -71,12 +73,8 @@ def _lines(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}:0:0: annotation file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _error(path, raw.count(b"\n", 0, exc.start) + 1, 1, f"not UTF-8 text ({exc.reason})") from None
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    text = read_utf8(path, lambda line, col, msg: _error(path, line, col, msg), universal_newlines=True)
+    lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

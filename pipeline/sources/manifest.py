@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.atomic import atomic_write_text
+from .text_file import read_utf8
+
 REQUIRED_COLUMNS = ("trial", "video", "split")
 OPTIONAL_COLUMNS = ("annotation", "transcript", "subject", "fold", "aligned_faces")
 SPLITS = ("train", "val", "test")
@@ -81,18 +84,6 @@ def _error(path: Path, line: int, col: int, message: str) -> ManifestError:
     return ManifestError(f"{path}:{line}:{col}: {message}")
 
 
-def _decode(path: Path, data: bytes) -> str:
-    """UTF-8 (BOM allowed, as Excel writes it); a bad byte is reported at its own line and column."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        before = data[: exc.start]
-        line = before.count(b"\n") + 1
-        col = exc.start - (before.rfind(b"\n") + 1) + 1
-        hint = " (saved as UTF-16? re-save as UTF-8 CSV)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise _error(path, line, col, f"not UTF-8 text: {exc.reason} at byte {exc.start}{hint}") from None
-
-
 def _rows(path: Path, text: str):
     """Yield ``(first physical line, fields)`` for each CSV record.
 
@@ -130,10 +121,18 @@ def read_manifest(path: str | Path) -> list[Trial]:
         raise ManifestError(f"{path}:0:0: is a folder, expected a manifest CSV file")
     if not path.is_file():
         raise ManifestError(f"{path}:0:0: manifest file not found")
-    base = path.resolve().parent
-    rows = ((line, row) for line, row in _rows(path, _decode(path, path.read_bytes()))
-            if any(cell.strip() for cell in row))
-    first = next(rows, None)
+    text = read_utf8(path, lambda line, col, msg: _error(path, line, col, msg))
+    rows = ((line, row) for line, row in _rows(path, text) if any(cell.strip() for cell in row))
+    header_line, header = _read_header(path, next(rows, None))
+    reader = _RowReader(path, header, path.resolve().parent)
+    trials = [reader.trial(line_no, row) for line_no, row in rows]
+    if not trials:
+        raise _error(path, header_line + 1, 1, "manifest has a header but no trials")
+    return trials
+
+
+def _read_header(path: Path, first: tuple[int, list[str]] | None) -> tuple[int, list[str]]:
+    """(line, column names) of the header row: names present, unique, required ones all there."""
     if first is None:
         raise _error(path, 1, 1, "empty manifest: expected a header with columns " + ", ".join(REQUIRED_COLUMNS))
     header_line, raw_header = first
@@ -150,58 +149,49 @@ def read_manifest(path: str | Path) -> list[Trial]:
             hint = f"; column names are lower-case, found {near[0]!r}" if near else ""
             raise _error(path, header_line, len(header) + 1,
                          f"missing required column {name!r} (header has: {', '.join(header)}){hint}")
-    col = {name: header.index(name) for name in header}
-    known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    return header_line, header
 
-    trials: list[Trial] = []
-    seen: dict[str, int] = {}
-    last_line = header_line
-    for line_no, row in rows:
-        last_line = line_no
-        if len(row) != len(header):
-            raise _error(path, line_no, min(len(row), len(header)) + 1,
-                         f"row has {len(row)} fields, header has {len(header)}")
-        values = {name: row[i].strip() for name, i in col.items()}
+
+class _RowReader:
+    """Turns each data row of one manifest into a `Trial`, checking every field where it stands."""
+
+    def __init__(self, path: Path, header: list[str], base: Path):
+        self.path = path
+        self.header = header
+        self.col = {name: i for i, name in enumerate(header)}
+        self.base = base  # relative paths are relative to the manifest's folder
+        self.seen: dict[str, int] = {}  # trial id -> line it was first on
+        known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+        self.extra_columns = [name for name in header if name not in known]
+
+    def error(self, line_no: int, column: str, message: str) -> ManifestError:
+        return _error(self.path, line_no, self.col[column] + 1, message)
+
+    def trial(self, line_no: int, row: list[str]) -> Trial:
+        if len(row) != len(self.header):
+            raise _error(self.path, line_no, min(len(row), len(self.header)) + 1,
+                         f"row has {len(row)} fields, header has {len(self.header)}")
+        values = {name: row[i].strip() for name, i in self.col.items()}
         for name in REQUIRED_COLUMNS:
             if not values[name]:
-                raise _error(path, line_no, col[name] + 1, f"empty {name!r}")
-        trial_id = values["trial"]
-        if any(ch in trial_id for ch in "/\\") or trial_id in (".", ".."):
-            raise _error(path, line_no, col["trial"] + 1, f"trial id {trial_id!r} cannot be used as a file name")
-        n_bytes = len(trial_id.encode("utf-8"))
-        if n_bytes > MAX_TRIAL_BYTES:
-            raise _error(path, line_no, col["trial"] + 1,
-                         f"trial id {trial_id[:40]!r}... is {n_bytes} bytes long, at most {MAX_TRIAL_BYTES} "
-                         "(it is part of file names, which are limited to 255 bytes)")
-        if trial_id in seen:
-            raise _error(path, line_no, col["trial"] + 1,
-                         f"duplicate trial {trial_id!r} (first on line {seen[trial_id]})")
-        seen[trial_id] = line_no
+                raise self.error(line_no, name, f"empty {name!r}")
+        trial_id = self.trial_id(line_no, values["trial"])
         split = values["split"]
         if split not in SPLITS:
-            raise _error(path, line_no, col["split"] + 1, f"split {split!r} is not one of {', '.join(SPLITS)}")
+            raise self.error(line_no, "split", f"split {split!r} is not one of {', '.join(SPLITS)}")
         subject = values.get("subject") or "largest"
         if subject not in SUBJECTS:
-            raise _error(path, line_no, col["subject"] + 1, f"subject {subject!r} is not one of {', '.join(SUBJECTS)}")
-        fold: int | None = None
-        if values.get("fold"):
-            try:
-                fold = int(values["fold"])
-            except ValueError:
-                fold = -1
-            if fold < 0:
-                raise _error(path, line_no, col["fold"] + 1,
-                             f"fold {values['fold']!r} is not a non-negative integer")
+            raise self.error(line_no, "subject", f"subject {subject!r} is not one of {', '.join(SUBJECTS)}")
+        fold = self.fold(line_no, values.get("fold", ""))
 
         def resolve(name: str) -> Path | None:
             value = values.get(name)
             if not value:
                 return None
             p = Path(value).expanduser()
-            return p if p.is_absolute() else (base / p)
+            return p if p.is_absolute() else (self.base / p)
 
-        extra = {name: values[name] for name in header if name not in known}
-        trials.append(Trial(
+        return Trial(
             trial=trial_id,
             video=resolve("video"),  # type: ignore[arg-type]
             split=split,
@@ -210,12 +200,35 @@ def read_manifest(path: str | Path) -> list[Trial]:
             subject=subject,
             fold=fold,
             aligned_faces=resolve("aligned_faces"),
-            extra=extra,
-            source=f"{path}:{line_no}",
-        ))
-    if not trials:
-        raise _error(path, last_line + 1, 1, "manifest has a header but no trials")
-    return trials
+            extra={name: values[name] for name in self.extra_columns},
+            source=f"{self.path}:{line_no}",
+        )
+
+    def trial_id(self, line_no: int, trial_id: str) -> str:
+        """The id, once it is known to be usable as a file name and unique in the manifest."""
+        if any(ch in trial_id for ch in "/\\") or trial_id in (".", ".."):
+            raise self.error(line_no, "trial", f"trial id {trial_id!r} cannot be used as a file name")
+        n_bytes = len(trial_id.encode("utf-8"))
+        if n_bytes > MAX_TRIAL_BYTES:
+            raise self.error(line_no, "trial",
+                             f"trial id {trial_id[:40]!r}... is {n_bytes} bytes long, at most {MAX_TRIAL_BYTES} "
+                             "(it is part of file names, which are limited to 255 bytes)")
+        if trial_id in self.seen:
+            raise self.error(line_no, "trial", f"duplicate trial {trial_id!r} (first on line {self.seen[trial_id]})")
+        self.seen[trial_id] = line_no
+        return trial_id
+
+    def fold(self, line_no: int, value: str) -> int | None:
+        """The fold number (None when the cell is empty or there is no fold column)."""
+        if not value:
+            return None
+        try:
+            fold = int(value)
+        except ValueError:
+            fold = -1
+        if fold < 0:
+            raise self.error(line_no, "fold", f"fold {value!r} is not a non-negative integer")
+        return fold
 
 
 def _relative(p: Path | None, base: Path) -> str:
@@ -240,7 +253,7 @@ def _relative(p: Path | None, base: Path) -> str:
 def write_manifest(trials: list[Trial], path: str | Path) -> Path:
     """Write trials as a manifest CSV with paths relative to its folder where possible.
 
-    Written through a temporary file and renamed, so a crash never leaves a
+    Written atomically (`pipeline.engine.atomic`), so a crash never leaves a
     half-written manifest that a later run would trust.
     """
     path = Path(path)
@@ -250,18 +263,13 @@ def write_manifest(trials: list[Trial], path: str | Path) -> Path:
     extra_cols = sorted({k for t in trials for k in t.extra if k not in known})
     header = list(known) + extra_cols
 
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(header)
-            for t in trials:
-                w.writerow([t.trial, _relative(t.video, base), t.split, _relative(t.annotation, base),
-                            _relative(t.transcript, base), t.subject, "" if t.fold is None else t.fold,
-                            _relative(t.aligned_faces, base)]
-                           + [t.extra.get(k, "") for k in extra_cols])
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO()
+    w = csv.writer(buffer, lineterminator="\n")
+    w.writerow(header)
+    for t in trials:
+        w.writerow([t.trial, _relative(t.video, base), t.split, _relative(t.annotation, base),
+                    _relative(t.transcript, base), t.subject, "" if t.fold is None else t.fold,
+                    _relative(t.aligned_faces, base)]
+                   + [t.extra.get(k, "") for k in extra_cols])
+    atomic_write_text(path, buffer.getvalue())
     return path

