@@ -12,7 +12,6 @@ them and where to put them. Random weights exist only under an explicit
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from torch import nn
 
 from .backbone_specs import BACKBONES, BackboneSpec, get_spec  # noqa: F401  (re-exported)
 from ..engine.stage import StageError
+from .weight_files import facenet_data_dir, onet_weights_path, weights_file  # noqa: F401  (re-exported)
 
 FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 FACENET_FILE = "20180402-114759-vggface2.pt"
@@ -180,23 +180,6 @@ class ONetEmbedding(nn.Module):
         return n.prelu5(n.dense5(x.view(x.shape[0], -1)))
 
 
-@functools.lru_cache(maxsize=1)
-def facenet_data_dir() -> Path:
-    """facenet-pytorch's bundled weight folder, found without importing the package.
-
-    Planning asks for it once per trial (weights are inputs of the key); importing
-    facenet_pytorch (torchvision and all) took 13 s of a 20-trial dry run here.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("facenet_pytorch")
-    return Path(spec.origin).parent / "data" if spec and spec.origin else Path("facenet_pytorch/data")
-
-
-def onet_weights_path() -> Path:
-    return facenet_data_dir() / "onet.pt"
-
-
 def _build_onet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
     from facenet_pytorch.models.mtcnn import ONet
 
@@ -227,19 +210,3 @@ def load_backbone(name: str, weights: str | None = None, device: str = "cpu") ->
     module, weights_id = BUILDERS[spec.name](weights, random)
     module = module.to(device).eval()
     return LoadedBackbone(spec=spec, module=module, weights_id=weights_id, device=device)
-
-
-def weights_file(name: str, weights: str | None) -> Path | None:
-    """The weight file a backbone would read, when it exists (its content belongs in the cache key)."""
-    if name.startswith("random:"):
-        return None
-    try:
-        if name == "facenet":
-            return resolve_facenet_weights(weights)
-        if name == "onet":
-            path = Path(weights).expanduser() if weights else onet_weights_path()
-        else:
-            path = Path(weights).expanduser() if weights else None
-    except StageError:
-        return None
-    return path if path is not None and path.is_file() else None
