@@ -1,9 +1,10 @@
-"""Where backbone weight files are, found without importing torch.
+"""Where model weight files are (backbones, MTCNN, Silero VAD, VGGish), found without importing torch.
 
 Planning names every stage's input files once per trial (a weight file's
 content belongs in the cache key), so a fully cached re-run asks for these
-paths 600 times and must not pay torch's ~7 s import for them:
-`pipeline.models.backbones` (which builds the networks) imports torch.
+paths 600 times and must not pay torch's ~7 s import for them: the modules
+that build the networks (`pipeline.models.backbones`, `pipeline.models.vggish`,
+silero_vad, facenet_pytorch) import torch.
 """
 from __future__ import annotations
 
