@@ -89,6 +89,27 @@ def test_rerun_computes_nothing(full_cache, media_manifest):
     assert all(c["cached"] == 13 for c in again.counts.values())
 
 
+def test_fully_cached_rerun_in_a_fresh_process_loads_no_torch_and_rewrites_nothing(full_cache, media_manifest):
+    """`affpipe extract` on a cache that holds every shard: stamps and the fingerprint memo answer,
+    no Dask cluster starts, no model loads (issue 12: importing torch for weight-file paths was 7 s of
+    a 600-trial re-run), and no index or memo file is rewritten."""
+    cache, _ = full_cache
+    extract(media_manifest, cache=cache, scheduler="sync", progress=False)  # any stamp still to take is taken
+    bookkeeping = sorted((cache / "index").glob("*.json")) + [cache / "fingerprints.json"]
+    assert len(bookkeeping) == 14
+    before = {p: p.stat().st_mtime_ns for p in bookkeeping}
+    code = ("import atexit, sys, cli; atexit.register(lambda: print('heavy:', sorted(m for m in "
+            "('torch', 'distributed') if m in sys.modules), file=sys.stderr)); cli.main()")
+    proc = subprocess.run([sys.executable, "-c", code, "extract", "-m", str(media_manifest), "--cache", str(cache),
+                           "--scheduler", "processes", "--json"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = json.loads(proc.stdout)["counts"]
+    assert all(c["done"] == 0 and c["cached"] == 13 for c in counts.values()), counts
+    assert "heavy: []" in proc.stderr, proc.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in bookkeeping} == before
+
+
 def test_changing_text_settings_recomputes_only_text(full_cache, media_manifest, tmp_path):
     cache, _ = full_cache
     scratch = tmp_path / "cache"

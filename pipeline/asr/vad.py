@@ -52,10 +52,13 @@ class Window:
 
 
 def silero_path() -> Path:
-    """The TorchScript Silero VAD model inside the installed package (its file enters the cache key)."""
-    import silero_vad
+    """The TorchScript Silero VAD model inside the installed package (its file enters the cache key).
 
-    return Path(silero_vad.__file__).parent / "data" / "silero_vad.jit"
+    Found without importing silero_vad, which imports torch: planning asks once per trial.
+    """
+    from ..models.weight_files import package_folder
+
+    return package_folder("silero_vad") / "data" / "silero_vad.jit"
 
 
 def load_vad() -> Any:

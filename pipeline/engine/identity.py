@@ -72,6 +72,9 @@ class FingerprintMemo:
         self.path = path
         self.mode = mode
         self._entries: dict[str, list[Any]] = {}
+        #: answers already given by this memo, by the caller's path: a plan names each video once per stage
+        #: and the same weight files for every trial; one stat per file and plan is enough
+        self._seen: dict[str | Path, dict[str, Any]] = {}
         self._dirty = False
         if path is not None and path.is_file():
             try:
@@ -82,6 +85,19 @@ class FingerprintMemo:
                 self._entries = {}  # a damaged memo only costs re-hashing
 
     def fingerprint(self, path: str | Path) -> dict[str, Any]:
+        """The content fingerprint of `path`, hashed only when its (size, mtime, inode) changed.
+
+        A path asked for again by the same memo (one plan, one reader) gets the same
+        answer without another stat: the memo lives no longer than one pass.
+        """
+        seen = self._seen.get(path)
+        if seen is not None:
+            return seen
+        fp = self._fingerprint(path)
+        self._seen[path] = fp
+        return fp
+
+    def _fingerprint(self, path: str | Path) -> dict[str, Any]:
         p = Path(path).expanduser().absolute()
         st = p.stat()  # FileNotFoundError / ELOOP / EACCES surface to the planner as OSError
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino, self.mode]

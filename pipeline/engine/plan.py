@@ -18,6 +18,7 @@ damaged shard is planned for recomputation (and moved aside by the run).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from ..sources.manifest import Trial
 from .shards import verify_shard
 from .stage import STAGES, Stage
 from .store import CacheStore
+
+
+#: stat errors that mean "no shard there" (those Path.exists answers False to)
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
 class PlanError(ValueError):
@@ -123,17 +128,20 @@ def task_key(stage: Stage, trial: Trial, upstream: dict[str, str], inputs: list[
     })
 
 
-def shard_is_sound(path: Path, stamp: list[int] | None) -> tuple[str, list[int] | None]:
+def shard_is_sound(path: Path, stamp: list[int] | None, current: list[int] | None = None
+                   ) -> tuple[str, list[int] | None]:
     """("", new stamp or None when unchanged) for a sound shard, (problem, None) for a damaged one.
 
     A shard whose (size, mtime, ctime) equals the stamp recorded at its last full
     verification is trusted without reading it; otherwise every dataset is read,
-    which checks every checksum.
+    which checks every checksum. `current`: the file's stamp, when the caller
+    has just taken it (one stat per shard is what a cached re-run costs).
     """
-    try:
-        current = file_stamp(path)
-    except OSError as exc:
-        return f"cannot stat: {exc.strerror or exc}", None
+    if current is None:
+        try:
+            current = file_stamp(path)
+        except OSError as exc:
+            return f"cannot stat: {exc.strerror or exc}", None
     if stamp is not None and list(stamp) == current:
         return "", None
     problems = verify_shard(path)
@@ -186,10 +194,16 @@ def make_plan(trials: list[Trial], stages: dict[str, Stage], order: list[str], s
             keys[name] = key
             path = store.shard_path(name, trial.trial, key)
             task = Task(trial, name, key, path, "todo", upstream, recipe=recipe, inputs=inputs)
-            if path.exists():
+            try:  # the one stat a cached shard costs: existence and stamp at once
+                current: list[int] | None = file_stamp(path)
+            except OSError as exc:
+                if exc.errno not in _ABSENT:  # as Path.exists: other errors are not "absent"
+                    raise
+                current = None
+            if current is not None:
                 known = [v for v in index.versions(trial.trial, name, recipe) if v.get("key") == key]
                 recorded = known[0].get("stamp") if known else None
-                problem, fresh = shard_is_sound(path, recorded)
+                problem, fresh = shard_is_sound(path, recorded, current)
                 if problem:
                     task.damaged = problem
                 else:

@@ -160,9 +160,10 @@ def read_attrs(path: Path, names: tuple[str, ...] | None = None) -> dict[str, An
     costs ~0.4 ms in h5py, which was most of listing 3600 shards)."""
     try:
         with h5py.File(path, "r") as h5:
+            attrs = h5.attrs  # each `h5.attrs` builds a new manager: take it once
             if names is not None:
-                return {k: _decode_attr(h5.attrs[k]) for k in names if k in h5.attrs}
-            return {k: _decode_attr(v) for k, v in h5.attrs.items()}
+                return {k: _decode_attr(attrs[k]) for k in names if k in attrs}
+            return {k: _decode_attr(v) for k, v in attrs.items()}
     except (OSError, KeyError) as exc:
         raise ShardError(f"{path}: cannot open shard ({exc})") from None
 

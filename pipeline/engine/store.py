@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import time
 import traceback as tb
 from contextlib import contextmanager
@@ -77,10 +78,15 @@ class CacheStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
+        self._stage_dirs: dict[str, Path] = {}  # planning asks for 3000 shard paths: join the folders once
+        self._ledger: tuple[tuple[int, int, int], list[LedgerEntry]] | None = None
 
     # -- layout ------------------------------------------------------------------
     def shard_path(self, stage: str, trial: str, key: str) -> Path:
-        return self.root / "shards" / stage / f"{trial}.{key[:KEY_CHARS]}.h5"
+        folder = self._stage_dirs.get(stage)
+        if folder is None:
+            folder = self._stage_dirs[stage] = self.root / "shards" / stage
+        return folder / f"{trial}.{key[:KEY_CHARS]}.h5"
 
     def lock(self, key: str, part: str = "") -> FileLock:
         """The per-key lock (`part`: a lock of its own for one frame-range part of the shard)."""
@@ -170,16 +176,28 @@ class CacheStore:
         return entry
 
     def ledger(self) -> list[LedgerEntry]:
-        """All entries; a torn line (writer killed, disk full) is skipped, not fatal."""
-        if not self.ledger_path.is_file():
+        """All entries; a torn line (writer killed, disk full) is skipped, not fatal.
+
+        Parsed once per store while the file keeps its (size, mtime, inode): the
+        ledger only grows by appends, and a run plans, then records, from one store.
+        """
+        try:
+            st = self.ledger_path.stat()
+        except (FileNotFoundError, NotADirectoryError):
             return []
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._ledger is not None and self._ledger[0] == stamp:
+            return list(self._ledger[1])
         entries = []
         for line in self.ledger_path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 entries.append(LedgerEntry.from_json(line))
             except (json.JSONDecodeError, TypeError, AttributeError):
                 continue
-        return entries
+        self._ledger = (stamp, entries)
+        return list(entries)
 
     def failed_keys(self) -> dict[str, LedgerEntry]:
         """Latest ledger entry per key, where it is an input verdict and the shard still does not exist."""

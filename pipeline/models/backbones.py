@@ -12,7 +12,6 @@ them and where to put them. Random weights exist only under an explicit
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,14 +24,12 @@ from torch import nn
 from .backbone_specs import BACKBONES, BackboneSpec, get_spec  # noqa: F401  (re-exported)
 from ..engine.stage import StageError
 # sha256_file is re-exported: pipeline.stages.faces reads it from here
-from .weights import WeightsSource, load_state_dict, sha256_file  # noqa: F401
+from .weights import load_state_dict, sha256_file  # noqa: F401
+# where the weights are is answered without torch (planning asks once per trial); re-exported here
+from .weight_files import (FACENET_ENV, FACENET_FILE, FACENET_URL, IR50_WEIGHTS, ONET_WEIGHTS,  # noqa: F401
+                           facenet_cache_path, facenet_data_dir, facenet_weights, onet_weights_path,
+                           resolve_facenet_weights, weights_file)
 
-FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
-FACENET_FILE = "20180402-114759-vggface2.pt"
-FACENET_ENV = "AFFPIPE_FACENET_WEIGHTS"
-IR50_WEIGHTS = WeightsSource(
-    "IR-50 weights", "download an IR-50 checkpoint trained on MS-Celeb-1M, e.g. face.evoLVe's "
-    "'backbone_ir50_ms1m_epoch120.pth' (linked from github.com/ZhaoJ9014/face.evoLVe, 'Model Zoo')", stage="visual")
 RANDOM_SEED = 0
 
 
@@ -78,25 +75,6 @@ def _strict_load(module, state: dict, path: Path, arch: str) -> None:
 
 
 # --- facenet -----------------------------------------------------------------------------------
-
-def facenet_cache_path() -> Path:
-    """Where facenet-pytorch itself caches the 'vggface2' weights (its load_weights path)."""
-    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
-
-    return Path(get_torch_home()) / "checkpoints" / FACENET_FILE
-
-
-def facenet_weights() -> WeightsSource:
-    """FaceNet's weights: facenet-pytorch's own cache by default (its place depends on $TORCH_HOME)."""
-    return WeightsSource("FaceNet 'vggface2' weights",
-                         f"download {FACENET_URL} to {facenet_cache_path()} (facenet-pytorch's cache)",
-                         stage="visual", env=FACENET_ENV, has_default=True)
-
-
-def resolve_facenet_weights(weights: str | None) -> Path:
-    """The FaceNet weight file to use: explicit setting, then $AFFPIPE_FACENET_WEIGHTS, then facenet-pytorch's cache."""
-    return facenet_weights().resolve(weights, facenet_cache_path())
-
 
 def _build_facenet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
     from facenet_pytorch import InceptionResnetV1
@@ -150,27 +128,6 @@ class ONetEmbedding(nn.Module):
         return n.prelu5(n.dense5(x.view(x.shape[0], -1)))
 
 
-@functools.lru_cache(maxsize=1)
-def facenet_data_dir() -> Path:
-    """facenet-pytorch's bundled weight folder, found without importing the package.
-
-    Planning asks for it once per trial (weights are inputs of the key); importing
-    facenet_pytorch (torchvision and all) took 13 s of a 20-trial dry run here.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("facenet_pytorch")
-    return Path(spec.origin).parent / "data" if spec and spec.origin else Path("facenet_pytorch/data")
-
-
-def onet_weights_path() -> Path:
-    return facenet_data_dir() / "onet.pt"
-
-
-ONET_WEIGHTS = WeightsSource("ONet weights", "reinstall facenet-pytorch==2.5.3, which ships them as "
-                                             "facenet_pytorch/data/onet.pt", stage="visual", has_default=True)
-
-
 def _build_onet(weights: str | None, random: bool) -> tuple[nn.Module, str]:
     from facenet_pytorch.models.mtcnn import ONet
 
@@ -199,13 +156,3 @@ def load_backbone(name: str, weights: str | None = None, device: str = "cpu") ->
     module = module.to(device).eval()
     return LoadedBackbone(spec=spec, module=module, weights_id=weights_id, device=device)
 
-
-def weights_file(name: str, weights: str | None) -> Path | None:
-    """The weight file a backbone would read, when it exists (its content belongs in the cache key)."""
-    if name.startswith("random:"):
-        return None
-    if name == "facenet":
-        return facenet_weights().existing(weights, facenet_cache_path())
-    if name == "onet":
-        return ONET_WEIGHTS.existing(weights, onet_weights_path())
-    return IR50_WEIGHTS.existing(weights)

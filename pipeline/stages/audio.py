@@ -229,10 +229,11 @@ class AudioStage(Stage):
     def input_files(self, trial: Trial) -> list[Path]:
         files = [trial.video]
         if self.settings.model == "vggish":
-            try:  # the checkpoint's content is part of what the features depend on
-                files.append(_vggish().resolve_weights(self.settings.weights, download=False))
-            except StageError:
-                pass  # reported by run(), per trial, with download instructions
+            from ..models.weight_files import vggish_weights_file  # no torch: planning asks once per trial
+
+            weights = vggish_weights_file(self.settings.weights)  # its content is what the features depend on
+            if weights is not None:  # else reported by run(), per trial, with download instructions
+                files.append(weights)
         return files
 
     # -- compute ---------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def aligned_image_path(folder: Path, frame: int) -> Path:
 
 def mtcnn_weight_files() -> list[Path]:
     """The P-, R- and O-net weight files that ship inside facenet-pytorch."""
-    from ..models.backbones import facenet_data_dir
+    from ..models.weight_files import facenet_data_dir
 
     return [facenet_data_dir() / f"{net}.pt" for net in ("pnet", "rnet", "onet")]
 

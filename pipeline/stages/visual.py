@@ -84,7 +84,7 @@ class VisualStage(Stage):
         files = [trial.video]
         if trial.aligned_faces:
             files.append(trial.aligned_faces)
-        from ..models.backbones import weights_file  # torch: only when a key or a model is needed
+        from ..models.weight_files import weights_file  # no torch: planning asks once per trial
 
         wfile = weights_file(self.settings.backbone, self.settings.weights)
         if wfile is not None:
