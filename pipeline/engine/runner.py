@@ -23,7 +23,7 @@ from .config import build_stages, fingerprint_mode
 from .index import TrialIndex, file_stamp
 from ..sources.manifest import Trial, read_manifest
 from .plan import Task, make_plan, stage_order
-from .ranges import SPLIT_FRAMES, assemble_shard, compute_part, estimate_frames, n_parts
+from .ranges import SPLIT_FRAMES, assemble_shard, compute_part, estimate_frames, n_parts, stage_align
 from .store import CacheStore
 from .worker import compute_shard
 
@@ -304,7 +304,8 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
         spec = _spec(t, store, settings[t.stage], paths)
         parts = 1
         if split_frames and stage_objs[t.stage].splits(t.trial):
-            parts = n_parts(estimate_frames(paths.get((t.trial.trial, "probe")), t.trial.video), split_frames)
+            parts = n_parts(estimate_frames(paths.get((t.trial.trial, "probe")), t.trial.video), split_frames,
+                            stage_align(stage_objs[t.stage], t.trial))
         with dask.annotate(**annotations):
             if parts > 1:  # range tasks, then one assemble task under the shard's own name
                 pieces = [dask.delayed(compute_part, pure=False)(spec, k, parts, *ups, dask_key_name=f"{t.name}-part{k}")
