@@ -177,4 +177,5 @@ def assemble_shard(spec: dict[str, Any], parts: int, *part_results: dict[str, An
     seconds = sum(float(r.get("seconds", 0.0)) for r in part_results) + time.time() - started
     if not wrote:
         return {**base, "status": "cached"}
-    return {**base, "status": "done", "seconds": seconds, "frames": n, "parts": parts}
+    return {**base, "status": "done", "seconds": seconds, "frames": n, "parts": parts,
+            "part_workers": sorted({str(r.get("worker")) for r in part_results})}

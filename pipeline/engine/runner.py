@@ -42,7 +42,7 @@ class ExtractSummary:
     summary_path: str = ""
     #: per stage: compute seconds summed over tasks and frames written (for benchmarks)
     timing: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: per stage: the Dask workers that computed its shards ("local" for sync/threads)
+    #: per stage: the Dask workers that computed its shards and their frame-range parts ("local" for sync/threads)
     workers: dict[str, list[str]] = field(default_factory=dict)
     #: shards found damaged (failed checksum, truncated, unreadable): moved aside and recomputed
     damaged: list[dict[str, str]] = field(default_factory=list)
@@ -333,8 +333,9 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
         status = result["status"]
         if status == "done":
             names = worker_names.setdefault(task.stage, [])
-            if result.get("worker") not in names:
-                names.append(result.get("worker"))
+            for worker in (*result.get("part_workers", ()), result.get("worker")):  # where parts ran, too
+                if worker not in names:
+                    names.append(worker)
             t = timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
             t["seconds"] += result.get("seconds", 0.0)
             t["frames"] += result.get("frames", 0)

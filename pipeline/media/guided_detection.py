@@ -116,7 +116,7 @@ class GuidedSearch:
 
     def frame(self, f: int, image: np.ndarray, cut: bool, full: Detections | None | bool = False
               ) -> tuple[Detections | None, int]:
-        """(detections, REFINED | REGION | FULL) of frame `f` (`full`: its full-frame detection when already run)."""
+        """(detections, REFINED | REGION | FULL) of frame `f`; `full`: its full-frame detection, if already run."""
         if cut or f // SEGMENT != self.segment:
             self.tracks = []
             refresh = True

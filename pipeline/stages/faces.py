@@ -206,7 +206,7 @@ class FacesStage(Stage):
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net thresholds
         max_gap: int = 30  # frames a track survives without a matching face before re-choosing
         guided: bool = True  # track-guided detection (pipeline.media.guided_detection); False: full frame always
-        full_every: int = 32  # guided: full-frame detection on detected frames f with (f // detect_every) % this == 0
+        full_every: int = 32  # guided: full-frame detection where (f // detect_every) % full_every == 0
         identity_threshold: float = 0.96  # appearance similarity for a re-acquired face to count as the subject
         other_identities: str = "keep"  # keep: valid and marked in `identity`; invalid: not delivered at all
         batch_size: int = field(default=16, metadata=NOT_IN_KEY)
@@ -379,7 +379,8 @@ class FacesStage(Stage):
             kinds = np.asarray(ex["det_kind"], dtype=np.int64)
             det_at = {int(f): j for j, f in enumerate(ex["det_frame"])}
             offsets = np.concatenate([[0], np.cumsum(ex["det_count"])]).astype(np.int64)
-            sig_offsets = np.concatenate([[0], np.cumsum(np.where(kinds == FULL, ex["det_count"], 0))]).astype(np.int64)
+            full_counts = np.where(kinds == FULL, ex["det_count"], 0)  # signatures: faces of full frames only
+            sig_offsets = np.concatenate([[0], np.cumsum(full_counts)]).astype(np.int64)
             for f in range(a, a + len(cuts)):
                 cut_pending |= bool(cuts[f - a])
                 j = det_at.get(f)
@@ -387,8 +388,8 @@ class FacesStage(Stage):
                     continue
                 lo, hi = offsets[j], offsets[j + 1]
                 dets = None if hi == lo else (ex["det_boxes"][lo:hi], ex["det_scores"][lo:hi], ex["det_marks"][lo:hi])
-                rows.frame(f, cut_pending, dets, int(kinds[j]),
-                           functools.partial(operator.getitem, ex["det_sigs"], slice(sig_offsets[j], sig_offsets[j + 1])))
+                sigs = slice(sig_offsets[j], sig_offsets[j + 1])
+                rows.frame(f, cut_pending, dets, int(kinds[j]), functools.partial(operator.getitem, ex["det_sigs"], sigs))
                 cut_pending = False
         return self._finish(trial, n, rows, n_cuts)
 
