@@ -89,6 +89,20 @@ def _affpipe(*args: str) -> list[str]:
     return [sys.executable, "-c", "import cli; cli.main()", *args]
 
 
+def _kill_once(args: list[str], cache: Path, pattern: str, want: int) -> list[Path]:
+    """Run `affpipe *args` on `cache` and SIGKILL its process group (workers too) once `want` faces part
+    files match `pattern` (or after 240 s); the part files left after the kill."""
+    proc = subprocess.Popen(_affpipe(*args, "--cache", str(cache)), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = cache / "shards" / "faces"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(list(folder.glob(pattern))) < want:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return list(folder.glob(pattern))
+
+
 def test_kill_mid_assembly_leaves_no_half_shard_and_parts_are_no_shards(tmp_path, shared_media):
     manifest = _manifest(tmp_path, shared_media)
     config = tmp_path / "cfg.json"
@@ -97,17 +111,7 @@ def test_kill_mid_assembly_leaves_no_half_shard_and_parts_are_no_shards(tmp_path
             "--scheduler", "sync", "--split-frames", "20"]
     for attempt in range(3):  # the kill must land after the last part and before the shard: retry if late
         cache = tmp_path / f"cache{attempt}"
-        proc = subprocess.Popen(_affpipe(*args, "--cache", str(cache)), cwd=REPO, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 240
-        parts: list[Path] = []
-        while time.time() < deadline and proc.poll() is None:
-            parts = list((cache / "shards" / "faces").glob(".*.part*of003.tmp"))
-            if len(parts) == 3:
-                break
-            time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        parts = _kill_once(args, cache, ".*.part*of003.tmp", 3)
         if len(parts) == 3 and not _shards(cache, "faces"):
             break
     else:
@@ -209,19 +213,7 @@ def test_guided_parts_survive_a_kill_and_resume_to_the_same_shard(two_faces_vide
             "--split-frames", str(SEGMENT)]
     for attempt in range(3):  # the kill must land after one part (the short one) and before the other: retry if late
         cache = tmp_path / f"cache{attempt}"
-        proc = subprocess.Popen(_affpipe(*args, "--cache", str(cache)), cwd=REPO, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 240
-        parts: list[Path] = []
-        while time.time() < deadline and proc.poll() is None:
-            parts = list((cache / "shards" / "faces").glob(".*.part*of002.tmp"))
-            if parts:
-                break
-            time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        parts = list((cache / "shards" / "faces").glob(".*.part*of002.tmp"))
-        if len(parts) == 1 and not _shards(cache, "faces"):
+        if len(_kill_once(args, cache, ".*.part*of002.tmp", 1)) == 1 and not _shards(cache, "faces"):
             break
     else:
         pytest.fail("the kill never landed between the first and the last part")

@@ -114,9 +114,8 @@ class GuidedSearch:
         self.tracks: list[_Track] = []
         self.segment: int | None = None
 
-    def frame(self, f: int, image: np.ndarray, cut: bool, full: Detections | None | bool = False
-              ) -> tuple[Detections | None, int]:
-        """(detections, REFINED | REGION | FULL) of frame `f`; `full`: its full-frame detection, if already run."""
+    def frame(self, f: int, image: np.ndarray, cut: bool) -> tuple[Detections | None, int]:
+        """(detections, REFINED | REGION | FULL) of frame `f` (`cut`: a scene cut since the last call)."""
         if cut or f // SEGMENT != self.segment:
             self.tracks = []
             refresh = True
@@ -124,11 +123,11 @@ class GuidedSearch:
             refresh = (f // self.detect_every) % self.full_every == 0
         self.segment = f // SEGMENT
         self.tracks = [t for t in self.tracks if f - t.frame <= self.params.max_gap]
-        if self.tracks and not refresh and full is False:
+        if self.tracks and not refresh:
             found = self._guided(f, image)
             if found is not None:
                 return found
-        dets = self.full(image) if full is False else full
+        dets = self.full(image)
         self._restart(f, dets)
         return dets, FULL
 

@@ -322,6 +322,7 @@ class FacesStage(Stage):
         return not trial.aligned_faces
 
     def split_align(self, trial: Trial) -> int:
+        """Guided: parts start where the search restarts; full frame: anywhere (on the decode chunk)."""
         from ..media.guided_detection import SEGMENT
 
         return SEGMENT if self.settings.guided else 1
