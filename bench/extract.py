@@ -189,7 +189,7 @@ t0 = time.time()
 from pipeline import extract
 s = extract({manifest!r}, cache={cache!r}, config={config!r}, stages={stages!r}, scheduler={scheduler!r},
             workers={workers!r}, progress=False, split_frames={split!r})
-print(json.dumps({{"wall": time.time() - t0, "ok": s.ok, "split": s.split, "workers": s.workers,
+print(json.dumps({{"wall": time.time() - t0, "ok": s.ok, "split": s.split, "stage_workers": s.workers,
                   "frames": max((t["frames"] for t in s.timing.values()), default=0)}}))
 """
 
@@ -343,7 +343,7 @@ def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
               f"frames {args.split_frames}): 1 worker "
               f"{one['wall']:.1f} s, {many['workers']} workers {many['wall']:.1f} s: "
               f"{many['wall'] / one['wall']:.2f}x (target <= 0.6); split stages {many.get('split')}, "
-              f"workers per stage {many.get('workers')}")
+              f"workers per stage {many.get('stage_workers')}")
     for o in over:
         if o.get("e2e_wall") and o.get("faces_wall"):
             print(f"{o['set']}: faces alone (probe cached) {o['faces_wall']:.1f} s, every stage from nothing "
