@@ -161,7 +161,7 @@ def main() -> None:
 @click.option("--gpu", is_flag=True, help="GPU-capable stages ask Dask workers for resource GPU=1.")
 @click.option("--split-frames", type=click.IntRange(min=0), default=1800, show_default=True,
               help="Trials longer than this many frames are cut into frame ranges that several workers share "
-                   "(faces without guided detection, visual); 0 never splits. Changes no result and no key.")
+                   "(faces, visual); 0 never splits. Changes no result and no key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @_cli_errors
 def extract(manifest, cache_dir, config_file, stages, scheduler, workers, dry_run, retry_failed, gpu, split_frames,

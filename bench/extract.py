@@ -189,7 +189,7 @@ t0 = time.time()
 from pipeline import extract
 s = extract({manifest!r}, cache={cache!r}, config={config!r}, stages={stages!r}, scheduler={scheduler!r},
             workers={workers!r}, progress=False, split_frames={split!r})
-print(json.dumps({{"wall": time.time() - t0, "ok": s.ok, "split": s.split,
+print(json.dumps({{"wall": time.time() - t0, "ok": s.ok, "split": s.split, "stage_workers": s.workers,
                   "frames": max((t["frames"] for t in s.timing.values()), default=0)}}))
 """
 
@@ -205,9 +205,8 @@ def run_wall(manifest: Path, cache: Path, config: dict, stages: list[str], sched
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-#: long-video rows: faces with full-frame detection (guided detection cannot be split, see
-#: FacesStage.splits) on frames halved, so a 2-minute 720p video fits a CPU benchmark
-LONG_CONFIG = {"stages": {"faces": {"guided": False, "detect_scale": 0.5}}}
+#: long-video rows: default settings (faces track-guided: its parts start on its 256-frame restarts)
+LONG_CONFIG: dict = {"stages": {}}
 LONG_STAGES = ["probe", "faces", "visual", "audio"]
 
 
@@ -340,10 +339,11 @@ def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
                 over.append(overlap_rows(tmp, f"720p30 {int(secs)}s", m, stage_list))
     if long_rows and all("wall" in r for r in long_rows):
         one, many = long_rows[0], long_rows[-1]
-        print(f"\nlong video ({args.long_seconds:.0f} s 720p30, faces unguided at detect_scale 0.5, split "
+        print(f"\nlong video ({args.long_seconds:.0f} s 720p30, default settings, split "
               f"frames {args.split_frames}): 1 worker "
               f"{one['wall']:.1f} s, {many['workers']} workers {many['wall']:.1f} s: "
-              f"{many['wall'] / one['wall']:.2f}x (target <= 0.6); split stages {many.get('split')}")
+              f"{many['wall'] / one['wall']:.2f}x (target <= 0.6); split stages {many.get('split')}, "
+              f"workers per stage {many.get('stage_workers')}")
     for o in over:
         if o.get("e2e_wall") and o.get("faces_wall"):
             print(f"{o['set']}: faces alone (probe cached) {o['faces_wall']:.1f} s, every stage from nothing "

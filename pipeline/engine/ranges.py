@@ -6,7 +6,9 @@ alone (`Stage.splits`), the runner plans ``parts`` range tasks plus one assemble
 task per shard (`plan_parts`). Nothing about the shard changes: same key, same
 file, same layout, bit-identical arrays (`tests/test_ranges.py`), because
 
-- range boundaries fall on multiples of the decode chunk (`part_ranges`), and
+- range boundaries fall on multiples of the decode chunk (`part_ranges`) and of
+  the stage's own restart period (`Stage.split_align`: guided faces restart their
+  search every 256 frames), and
   `pipeline.media.decode.iter_frames` cuts chunks at absolute multiples, so every
   batch a stage runs holds the same frames as in a whole-video pass;
 - each part decodes only its share: the demuxer seeks to the keyframe before the
@@ -49,17 +51,28 @@ SPLIT_FRAMES = 1800
 ALIGN = 32
 
 
-def n_parts(frames: int, split_frames: int | None) -> int:
-    """Parts a trial of about `frames` frames is cut into (1: not split)."""
+def n_parts(frames: int, split_frames: int | None, align: int = ALIGN) -> int:
+    """Parts a trial of about `frames` frames is cut into (1: not split), at most one per `align` frames."""
     if not split_frames or split_frames <= 0 or frames <= split_frames:
         return 1
-    return max(1, min(math.ceil(frames / split_frames), math.ceil(frames / ALIGN)))
+    return max(1, min(math.ceil(frames / split_frames), math.ceil(frames / align)))
+
+
+def stage_align(stage: Any, trial: Trial) -> int:
+    """The multiple a stage's part boundaries fall on: the decode chunk and the stage's own period."""
+    return math.lcm(ALIGN, int(stage.split_align(trial)))
 
 
 def part_ranges(n: int, parts: int, align: int = ALIGN) -> list[tuple[int, int]]:
-    """`parts` contiguous ranges covering 0..n, inner boundaries on multiples of `align` (some may be empty)."""
+    """`parts` contiguous ranges covering 0..n, inner boundaries on multiples of `align`, each the multiple
+    nearest k*n/parts that leaves every part at least one chunk (the last ones are empty only when n has
+    fewer chunks than `parts`)."""
     chunks = -(-n // align)
-    bounds = [min(n, int(round(k * chunks / parts)) * align) for k in range(parts)] + [n]
+    cuts = [0]
+    for k in range(1, parts):
+        c = max(int(round(k * n / parts / align)), cuts[-1] + 1)
+        cuts.append(min(c, max(chunks - (parts - k), cuts[-1] + 1), chunks))
+    bounds = [min(n, c * align) for c in cuts] + [n]
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
@@ -110,7 +123,7 @@ def compute_part(spec: dict[str, Any], k: int, parts: int, *upstream_results: di
             stage = stage_of(spec)
             upstream = {name: read_shard(Path(p)) for name, p in spec["upstream"].items()}
             grid = upstream["probe"].time
-            a, b = part_ranges(int(grid.shape[0]), parts)[k]
+            a, b = part_ranges(int(grid.shape[0]), parts, stage_align(stage, trial))[k]
             if part_path.exists() and _part_matches(part_path, spec["key"], k, parts, a, b):
                 return {**base, "status": "done", "seconds": 0.0, "frames": 0}
             out = stage.run_range(trial, upstream, a, b)
@@ -147,7 +160,7 @@ def assemble_shard(spec: dict[str, Any], parts: int, *part_results: dict[str, An
                 upstream = {name: read_shard(Path(p)) for name, p in spec["upstream"].items()}
                 n = int(upstream["probe"].n_frames)
                 shards = []
-                for k, (a, b) in enumerate(part_ranges(n, parts)):
+                for k, (a, b) in enumerate(part_ranges(n, parts, stage_align(stage, trial))):
                     part_path = store.part_path(path, k, parts)
                     if not _part_matches(part_path, spec["key"], k, parts, a, b):
                         part_path.unlink(missing_ok=True)  # damaged or foreign: the next run recomputes it
@@ -164,4 +177,5 @@ def assemble_shard(spec: dict[str, Any], parts: int, *part_results: dict[str, An
     seconds = sum(float(r.get("seconds", 0.0)) for r in part_results) + time.time() - started
     if not wrote:
         return {**base, "status": "cached"}
-    return {**base, "status": "done", "seconds": seconds, "frames": n, "parts": parts}
+    return {**base, "status": "done", "seconds": seconds, "frames": n, "parts": parts,
+            "part_workers": sorted({str(r.get("worker")) for r in part_results})}

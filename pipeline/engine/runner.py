@@ -23,7 +23,7 @@ from .config import build_stages, fingerprint_mode
 from .index import TrialIndex, file_stamp
 from ..sources.manifest import Trial, read_manifest
 from .plan import Task, make_plan, stage_order
-from .ranges import SPLIT_FRAMES, assemble_shard, compute_part, estimate_frames, n_parts
+from .ranges import SPLIT_FRAMES, assemble_shard, compute_part, estimate_frames, n_parts, stage_align
 from .store import CacheStore
 from .worker import compute_shard
 
@@ -42,7 +42,7 @@ class ExtractSummary:
     summary_path: str = ""
     #: per stage: compute seconds summed over tasks and frames written (for benchmarks)
     timing: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: per stage: the Dask workers that computed its shards ("local" for sync/threads)
+    #: per stage: the Dask workers that computed its shards and their frame-range parts ("local" for sync/threads)
     workers: dict[str, list[str]] = field(default_factory=dict)
     #: shards found damaged (failed checksum, truncated, unreadable): moved aside and recomputed
     damaged: list[dict[str, str]] = field(default_factory=list)
@@ -304,7 +304,8 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
         spec = _spec(t, store, settings[t.stage], paths)
         parts = 1
         if split_frames and stage_objs[t.stage].splits(t.trial):
-            parts = n_parts(estimate_frames(paths.get((t.trial.trial, "probe")), t.trial.video), split_frames)
+            parts = n_parts(estimate_frames(paths.get((t.trial.trial, "probe")), t.trial.video), split_frames,
+                            stage_align(stage_objs[t.stage], t.trial))
         with dask.annotate(**annotations):
             if parts > 1:  # range tasks, then one assemble task under the shard's own name
                 pieces = [dask.delayed(compute_part, pure=False)(spec, k, parts, *ups, dask_key_name=f"{t.name}-part{k}")
@@ -332,8 +333,9 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
         status = result["status"]
         if status == "done":
             names = worker_names.setdefault(task.stage, [])
-            if result.get("worker") not in names:
-                names.append(result.get("worker"))
+            for worker in (*result.get("part_workers", ()), result.get("worker")):  # where parts ran, too
+                if worker not in names:
+                    names.append(worker)
             t = timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
             t["seconds"] += result.get("seconds", 0.0)
             t["frames"] += result.get("frames", 0)

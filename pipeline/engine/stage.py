@@ -133,6 +133,11 @@ class Stage(ABC):
         concatenation of the parts is not that shard)."""
         return False
 
+    def split_align(self, trial: Trial) -> int:
+        """Part boundaries fall on multiples of this many frames (besides the engine's decode chunk): a
+        stage whose state restarts every R frames (guided faces) says R, so each part starts afresh."""
+        return 1
+
     def run_range(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int) -> StageOutput:
         """Rows for frames start..stop-1 only (what `assemble` needs of them)."""
         raise NotImplementedError(f"stage {self.name!r} does not split into frame ranges")

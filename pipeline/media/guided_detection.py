@@ -24,6 +24,14 @@ detection on the current frame's pixels (never an interpolation):
    track is lost, at scene cuts, and every `full_every` detected frames, which
    also bounds any drift of step 1.
 
+`GuidedSearch` runs these steps. It follows every face the last full-frame
+detection found (not only the subject's: which face is the subject is the
+tracker's decision, made later from the detections), and it starts afresh at
+every multiple of `SEGMENT` frames. So what it finds in a segment depends on that
+segment's frames alone, and a long video's faces stage can run as frame-range
+parts on several workers (`pipeline.engine.ranges`) with exactly the detections
+of one pass; the tracker, which needs the whole history, runs over all of them.
+
 Scene cuts are found from consecutive frames' coarse colour histograms and
 thumbnails (`SceneCuts`). Identity signatures (`face_signatures`) let the
 tracker tell whether a re-acquired face is the subject's; see its docstring for
@@ -31,9 +39,21 @@ what they can and cannot tell apart.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
+
+from .tracking import TrackParams, match
+
+#: the search starts afresh (full-frame detection, no tracks) at every multiple of this many frames:
+#: frame-range parts of guided faces start on such a multiple. A multiple of the decode chunk (32), and
+#: of the default `full_every` (32), so at full_every 32 a segment start is a scheduled refresh anyway.
+SEGMENT = 256
+#: how a detection frame was searched (`GuidedSearch.frame`)
+REFINED, REGION, FULL = 0, 1, 2
+#: two tracks whose faces overlap this much in one frame follow the same face: the later one is dropped
+DUPLICATE_IOU = 0.5
 
 #: O-Net's regressed box must overlap its proposal this much for a track refinement to count
 REFINE_MIN_IOU = 0.5
@@ -46,6 +66,108 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     from .tracking import iou
 
     return float(iou(a, b[None])[0])
+
+
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [k,4], scores [k], landmarks [k,5,2]
+
+
+@dataclass
+class _Track:
+    """One face the search follows: its last box, the frame it was found at, its velocity per frame."""
+
+    box: np.ndarray
+    frame: int
+    velocity: np.ndarray
+
+    def predict(self, f: int, params: TrackParams) -> np.ndarray:
+        return self.box + self.velocity * min(f - self.frame, params.max_extrapolate)
+
+    def moved(self, box: np.ndarray, f: int) -> None:
+        self.velocity = (box - self.box) / max(f - self.frame, 1)
+        self.box, self.frame = box, f
+
+
+class GuidedSearch:
+    """The faces of each detection frame, searched the cheapest way that is still a real detection.
+
+    Feed detection frames in order (`frame`). Per frame: with live tracks and no
+    refresh due, each track is searched on its own (`refine_on_track`, else
+    `detect_in_region`, keeping the face that continues the track), and the frame's
+    detections are those faces; if any track's search fails, or there is no live
+    track, or at a scene cut, or a refresh is due (detected frames whose index
+    f // detect_every is a multiple of `full_every`, and the first detected frame of
+    each `SEGMENT`), the whole frame is searched by `full`. A full-frame detection
+    continues the tracks its faces match (`pipeline.media.tracking.match`) and starts
+    a track for every other face; tracks it missed live on (a face the full frame
+    misses for one frame is still searched where it was) until `params.max_gap`
+    frames without a hit.
+
+    The state is dropped at every segment start, so the detections of segment
+    s depend on frames s*SEGMENT.. only, whoever computes them.
+    """
+
+    def __init__(self, mtcnn: Any, full: Callable[[np.ndarray], Detections | None], params: TrackParams,
+                 full_every: int, detect_every: int):
+        self.mtcnn, self.full = mtcnn, full
+        self.params = params
+        self.full_every, self.detect_every = int(full_every), int(detect_every)
+        self.tracks: list[_Track] = []
+        self.segment: int | None = None
+
+    def frame(self, f: int, image: np.ndarray, cut: bool) -> tuple[Detections | None, int]:
+        """(detections, REFINED | REGION | FULL) of frame `f` (`cut`: a scene cut since the last call)."""
+        if cut or f // SEGMENT != self.segment:
+            self.tracks = []
+            refresh = True
+        else:
+            refresh = (f // self.detect_every) % self.full_every == 0
+        self.segment = f // SEGMENT
+        self.tracks = [t for t in self.tracks if f - t.frame <= self.params.max_gap]
+        if self.tracks and not refresh:
+            found = self._guided(f, image)
+            if found is not None:
+                return found
+        dets = self.full(image)
+        self._restart(f, dets)
+        return dets, FULL
+
+    def _guided(self, f: int, image: np.ndarray) -> tuple[Detections, int] | None:
+        """Each track searched on its own: the faces (one per track), or None when one track's search fails."""
+        faces: list[tuple[np.ndarray, float, np.ndarray]] = []
+        keep: list[_Track] = []
+        kind = REFINED
+        for t in self.tracks:
+            predicted = t.predict(f, self.params)
+            face = refine_on_track(self.mtcnn, image, predicted)
+            if face is None:
+                region = detect_in_region(self.mtcnn, image, predicted)
+                k = None if region is None else match(predicted, region[0], self.params)
+                if k is None:
+                    return None
+                face, kind = (region[0][k], float(region[1][k]), region[2][k]), REGION
+            if any(_box_iou(face[0], other[0]) >= DUPLICATE_IOU for other in faces):
+                continue  # two tracks on one face: the first keeps it
+            faces.append(face)
+            keep.append(t)
+        for t, face in zip(keep, faces):
+            t.moved(face[0], f)
+        self.tracks = keep
+        return (np.stack([x[0] for x in faces]), np.array([x[1] for x in faces]),
+                np.stack([x[2] for x in faces])), kind
+
+    def _restart(self, f: int, dets: Detections | None) -> None:
+        """Tracks after a full-frame detection: continued where a face matches, new for every other face."""
+        boxes = np.zeros((0, 4)) if dets is None else np.asarray(dets[0], dtype=np.float64).reshape(-1, 4)
+        free = np.ones(len(boxes), dtype=bool)
+        for t in self.tracks:
+            if not free.any():
+                break
+            k = match(t.predict(f, self.params), boxes[free], self.params)
+            if k is not None:
+                k = int(np.flatnonzero(free)[k])
+                t.moved(boxes[k], f)
+                free[k] = False
+        self.tracks += [_Track(boxes[k], f, np.zeros(4)) for k in np.flatnonzero(free)]
 
 
 def refine_on_track(mtcnn: Any, frame: np.ndarray, box: np.ndarray

@@ -7,11 +7,15 @@ backbone never re-runs MTCNN.
 
 Detection: facenet-pytorch's MTCNN on uint8 tensors (its crop path fails on
 numpy frames; we never use the crop path). By default (``guided``) detection is
-track-guided (`pipeline.media.guided_detection`): while the subject is tracked, O-Net
-refines the predicted box, else MTCNN searches a region around it with the
-pyramid's smallest face set from the track's size; a full-frame detection runs
-when the track is lost, at a scene cut and every ``full_every`` detected frames.
-Every detected frame still gets its own detection and landmarks. ``guided:
+track-guided (`pipeline.media.guided_detection.GuidedSearch`): for every face the last
+full-frame detection found, O-Net refines the predicted box, else MTCNN searches a
+region around it with the pyramid's smallest face set from the track's size; a
+full-frame detection runs when that fails, when nothing is tracked, at a scene cut,
+every ``full_every`` detected frames and at the start of every `SEGMENT` (256)
+frames, where the search forgets everything. Every detected frame still gets its
+own detection and landmarks. Because the search depends only on the frames of its
+segment, a long video splits into frame-range parts (`pipeline.engine.ranges`) in
+either mode; the tracker runs over all parts' detections. ``guided:
 false`` detects every frame on the full frame, batched. With ``detect_every =
 k`` only every k-th frame (and the last) is detected; frames in between take the
 linear interpolation of the tracked box and landmarks of the detections around
@@ -22,7 +26,8 @@ faces (guided steps work on the track's own scale and ignore it).
 Tracking: one person per trial, chosen by the manifest's `subject` rule at the
 first frame with faces and then followed by position (`pipeline.media.tracking`).
 Lost-track policy: a track is lost after ``max_gap`` frames without a match or
-at once at a scene cut; every (re)acquisition starts a new track segment and is
+at once at a scene cut; a (re)acquisition chooses among all faces of a frame, so
+it waits for a full-frame detection; every (re)acquisition starts a new track segment and is
 recorded (`acquisitions` rows: frame, segment, identity; reasons and counts in
 the attrs). A re-acquired face whose appearance signature matches the subject's
 (similarity >= ``identity_threshold``) is identity 0 again; otherwise it is
@@ -44,9 +49,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -54,7 +60,7 @@ from ..media.align import template_for_image
 from ..sources.manifest import Trial
 from ..engine.resources import get_model, resolve_device
 from ..engine.stage import NOT_IN_KEY, ShardData, Stage, StageError, StageOutput, register_stage
-from ..media.tracking import SubjectTracker, TrackParams, fill_between, match
+from ..media.tracking import SubjectTracker, TrackParams, fill_between
 
 #: frames decoded per chunk: bounded memory even for HD video (32 x 1080p RGB ~ 200 MB)
 DECODE_CHUNK = 32
@@ -123,23 +129,20 @@ def detect_batch(mtcnn: Any, frames: np.ndarray, scale: float = 1.0
     return out
 
 
-class _TrackedSearch:
-    """Per detection frame: search for the subject the cheapest way that is still a real detection.
+class _SubjectRows:
+    """The tracker over the detection frames in order, and the per-detection-frame rows it chose.
 
-    With `guided` on and a live track, O-Net refines the predicted box, else MTCNN
-    searches a region around it (`pipeline.media.guided_detection`); a full-frame
-    detection runs when both fail, when there is no live track, at a scene cut, and
-    every `full_every` detected frames. Appearance signatures are computed only
-    when the tracker (re)acquires, for the faces it chooses among.
+    Detections come from `GuidedSearch` (or full-frame detection) in one pass, or from the
+    parts of a split trial (`FacesStage.assemble`); the steps here are the same for both.
+    A (re)acquisition chooses among all faces in the frame, so it happens only on a
+    full-frame detection: where the track is lost and the frame was searched by tracks
+    only, the subject counts as not seen there (the next refresh is at most `full_every`
+    detected frames away). Appearance signatures are asked for only at acquisitions.
     """
 
-    def __init__(self, settings: Any, mtcnn: Any, device: str, subject: str):
-        self.s = settings
-        self.mtcnn = mtcnn
-        self.onet = self.signature_net(device)
+    def __init__(self, settings: Any, subject: str):
         self.tracker = SubjectTracker(subject, TrackParams(max_gap=int(settings.max_gap)),
                                       identity_threshold=float(settings.identity_threshold))
-        self.since_full = 0
         self.counts = {"refined": 0, "region": 0, "full": 0}
         self.frames: list[int] = []
         self.boxes: list[np.ndarray] = []
@@ -148,57 +151,19 @@ class _TrackedSearch:
         self.segment: list[int] = []
         self.identity: list[int] = []
 
-    @staticmethod
-    def signature_net(device: str) -> Any:
-        from ..models.backbones import load_backbone
+    def frame(self, f: int, cut: bool, dets: tuple[np.ndarray, np.ndarray, np.ndarray] | None, kind: int,
+              signatures: Callable[[], np.ndarray]) -> None:
+        """Track at detection frame `f`: `dets` found there by search `kind`; `signatures()` gives theirs."""
+        from ..media.guided_detection import FULL
 
-        return get_model(("faces-signature-onet", device), lambda: load_backbone("onet", None, device))
-
-    def _guided(self, image: np.ndarray, predicted: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        from ..media.guided_detection import detect_in_region, refine_on_track
-
-        refined = refine_on_track(self.mtcnn, image, predicted)
-        if refined is not None:
-            self.counts["refined"] += 1
-            return refined[0][None], np.array([refined[1]]), refined[2][None]
-        region = detect_in_region(self.mtcnn, image, predicted)
-        if region is not None and match(predicted, region[0], self.tracker.params) is not None:
-            self.counts["region"] += 1
-            return region
-        return None
-
-    def frame(self, f: int, image: np.ndarray | None, cut: bool,
-              full: tuple[np.ndarray, np.ndarray, np.ndarray] | None | bool = False,
-              signatures: np.ndarray | None = None) -> None:
-        """Detect and track at frame `f` (`full`: a full-frame detection already run for it, or False).
-
-        `signatures`: the faces' appearance signatures when already computed (frame-range parts,
-        `FacesStage.assemble`, which passes no image); computed here from `image` otherwise.
-        """
-        from ..media.guided_detection import face_signatures
-
+        self.counts[("refined", "region", "full")[kind]] += 1
         if cut:
             self.tracker.cut()
-        predicted = self.tracker.predict(f)
-        dets = None
-        if full is False and self.s.guided and predicted is not None and self.since_full + 1 < int(self.s.full_every):
-            dets = self._guided(image, predicted)
-        if dets is None:
-            if full is False:
-                full = detect_batch(self.mtcnn, image[None], float(self.s.detect_scale))[0]
-            dets = full
-            self.counts["full"] += 1
-            self.since_full = 0
-        else:
-            self.since_full += 1
-        boxes = None if dets is None else dets[0]
-        if boxes is not None and len(boxes) and self.tracker.predict(f) is None:
-            if signatures is None:
-                signatures = face_signatures(self.onet, image, dets[2])
-        else:
-            signatures = None
-        c = self.tracker.update(f, boxes, signatures)
+        acquiring = self.tracker.predict(f) is None
+        if dets is None or not len(dets[0]) or (acquiring and kind != FULL):
+            dets = None
+        c = self.tracker.update(f, None if dets is None else dets[0],
+                                signatures() if dets is not None and acquiring else None)
         self.frames.append(f)
         if c >= 0:
             self.boxes.append(dets[0][c])
@@ -214,12 +179,22 @@ class _TrackedSearch:
             self.identity.append(-1)
 
 
+def _signature_net(device: str) -> Any:
+    from ..models.backbones import load_backbone
+
+    return get_model(("faces-signature-onet", device), lambda: load_backbone("onet", None, device))
+
+
 @register_stage
 class FacesStage(Stage):
     """Detect, track and keep the subject's face box and landmarks per frame (see module docstring)."""
 
     name = "faces"
-    version = 2  # 2: track-guided detection by default, scene cuts, recorded (re)acquisitions and identities
+    #: 2: track-guided detection by default, scene cuts, recorded (re)acquisitions and identities;
+    #: 3: the guided search follows every face and restarts every SEGMENT frames (so it splits into
+    #: frame ranges), refreshes at absolute multiples of full_every (default 32, was 30), and the
+    #: tracker (re)acquires only on full-frame detections
+    version = 3
     inputs = ("probe",)
     gpu_capable = True
 
@@ -231,7 +206,7 @@ class FacesStage(Stage):
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net thresholds
         max_gap: int = 30  # frames a track survives without a matching face before re-choosing
         guided: bool = True  # track-guided detection (pipeline.media.guided_detection); False: full frame always
-        full_every: int = 30  # guided: a full-frame detection at least every this many detected frames
+        full_every: int = 32  # guided: full-frame detection where (f // detect_every) % full_every == 0
         identity_threshold: float = 0.96  # appearance similarity for a re-acquired face to count as the subject
         other_identities: str = "keep"  # keep: valid and marked in `identity`; invalid: not delivered at all
         batch_size: int = field(default=16, metadata=NOT_IN_KEY)
@@ -271,7 +246,7 @@ class FacesStage(Stage):
         n = upstream["probe"].n_frames
         if trial.aligned_faces:
             return self._from_aligned_images(trial, n)
-        return self._detect_and_track(trial, n)
+        return self._detect_and_track(trial, upstream)
 
     def _mtcnn(self, device: str) -> Any:
         s = self.settings
@@ -287,35 +262,27 @@ class FacesStage(Stage):
             wanted[n - 1] = True  # the tail is bracketed by a detection, never extrapolated
         return wanted
 
-    # -- frame-range splitting (pipeline.engine.ranges) ----------------------------------------------------
-    def splits(self, trial: Trial) -> bool:
-        """Full-frame detection only (``guided: false``): each frame's detection depends on that frame
-        alone, so parts detect their ranges and `assemble` runs the tracker over all of them. Guided
-        detection searches where the track predicts the face, so frame f depends on every frame
-        before it and the trial stays one task."""
-        return not self.settings.guided and not trial.aligned_faces
+    def _search(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int, flags: np.ndarray
+                ) -> Iterator[tuple[int, np.ndarray, bool, Any, int]]:
+        """(frame, image, cut since the last detection frame, detections, search kind) per detection frame of
+        [start, stop); `flags[i]`: frame start + i starts a new shot (the frame before `start` is decoded
+        for the first flag).
 
-    def run_range(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int) -> StageOutput:
-        """Every face MTCNN finds on the detected frames of [start, stop), with appearance signatures, and
-        the scene-cut flags of those frames (the frame before `start` is decoded for the first flag).
-
-        Signatures are computed for every frame with faces (the tracker reads them only where it
-        (re)acquires, which a part cannot know): the same call on the same frame as the unsplit
-        pass, so the tracker in `assemble` sees the same numbers.
+        Guided: `GuidedSearch`, which restarts at every `SEGMENT`, so a range starting on such a
+        multiple finds what a whole-video pass finds there. Full frame: batches of the wanted
+        frames of each decode chunk (chunks are cut at absolute multiples, so the same batches).
         """
         from ..media.decode import iter_frames
-        from ..media.guided_detection import SceneCuts, face_signatures
+        from ..media.guided_detection import FULL, GuidedSearch, SceneCuts
 
-        device = resolve_device(self.settings.device)
-        mtcnn = self._mtcnn(device)
-        onet = _TrackedSearch.signature_net(device)
+        s = self.settings
+        mtcnn = self._mtcnn(resolve_device(s.device))
         n = upstream["probe"].n_frames
         wanted = self._wanted(n)
+        search = GuidedSearch(mtcnn, lambda image: self._detect_all(mtcnn, image[None])[0],
+                              TrackParams(max_gap=int(s.max_gap)), int(s.full_every), int(s.detect_every))
         cuts = SceneCuts()
-        flags = np.zeros(stop - start, dtype=bool)
-        frames: list[int] = []
-        counts: list[int] = []
-        boxes, scores, marks, sigs = [], [], [], []
+        pending = False
         seen = start
         for a, chunk in iter_frames(trial.video, stop, chunk=DECODE_CHUNK, start=max(0, start - 1),
                                     times=upstream["probe"].time):
@@ -324,32 +291,85 @@ class FacesStage(Stage):
             flags[a + lo - start:a + len(chunk) - start] = cuts.update(chunk)[lo:]
             idx = np.flatnonzero(wanted[a:a + len(chunk)])
             idx = idx[idx >= lo]
-            if not len(idx):
-                continue
-            for i, det in zip(idx.tolist(), self._detect_all(mtcnn, chunk[idx])):
-                frames.append(a + i)
-                counts.append(0 if det is None else len(det[0]))
-                if det is not None and len(det[0]):
-                    boxes.append(det[0])
-                    scores.append(det[1])
-                    marks.append(det[2])
-                    sigs.append(face_signatures(onet, chunk[i], det[2]))
+            full = {} if s.guided else dict(zip(idx.tolist(), self._detect_all(mtcnn, chunk[idx])))
+            for i in range(lo, len(chunk)):
+                pending |= bool(flags[a + i - start])
+                if wanted[a + i]:
+                    dets, kind = search.frame(a + i, chunk[i], pending) if s.guided else (full[i], FULL)
+                    yield a + i, chunk[i], pending, dets, kind
+                    pending = False
         if seen < stop:
             raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
+
+    def _detect_and_track(self, trial: Trial, upstream: dict[str, ShardData]) -> StageOutput:
+        """One pass: search and tracker frame by frame (signatures computed only where the tracker acquires)."""
+        from ..media.guided_detection import face_signatures
+
+        n = upstream["probe"].n_frames
+        onet = _signature_net(resolve_device(self.settings.device))
+        rows = _SubjectRows(self.settings, trial.subject)
+        flags = np.zeros(n, dtype=bool)
+        for f, image, cut, dets, kind in self._search(trial, upstream, 0, n, flags):
+            rows.frame(f, cut, dets, kind,
+                       functools.partial(face_signatures, onet, image, None if dets is None else dets[2]))
+        return self._finish(trial, n, rows, int(flags.sum()))
+
+    # -- frame-range splitting (pipeline.engine.ranges) ----------------------------------------------------
+    def splits(self, trial: Trial) -> bool:
+        """Video trials: what the detector finds in a frame range depends on that range alone (full-frame
+        detection: on each frame; guided: the search restarts at every `SEGMENT`, where parts start,
+        see `split_align`), so parts detect their ranges and `assemble` runs the tracker over all of them."""
+        return not trial.aligned_faces
+
+    def split_align(self, trial: Trial) -> int:
+        """Guided: parts start where the search restarts; full frame: anywhere (on the decode chunk)."""
+        from ..media.guided_detection import SEGMENT
+
+        return SEGMENT if self.settings.guided else 1
+
+    def run_range(self, trial: Trial, upstream: dict[str, ShardData], start: int, stop: int) -> StageOutput:
+        """Every face found on the detection frames of [start, stop), how each frame was searched, the
+        appearance signatures of the faces of full-frame detections, and the scene-cut flags.
+
+        Signatures are computed on every full-frame detection with faces (the tracker reads them only
+        where it (re)acquires, always on such a frame, which a part cannot know): the same call on the
+        same frame as the unsplit pass, so the tracker in `assemble` sees the same numbers.
+        """
+        from ..media.guided_detection import FULL, face_signatures
+
+        onet = _signature_net(resolve_device(self.settings.device))
+        flags = np.zeros(stop - start, dtype=bool)
+        frames: list[int] = []
+        counts: list[int] = []
+        kinds: list[int] = []
+        boxes, scores, marks, sigs = [], [], [], []
+        for f, image, _, dets, kind in self._search(trial, upstream, start, stop, flags):
+            frames.append(f)
+            kinds.append(kind)
+            counts.append(0 if dets is None else len(dets[0]))
+            if dets is not None and len(dets[0]):
+                boxes.append(dets[0])
+                scores.append(dets[1])
+                marks.append(dets[2])
+                if kind == FULL:
+                    sigs.append(face_signatures(onet, image, dets[2]))
         return StageOutput(features=None, valid=None, extras={
             "cuts": flags,
             "det_frame": np.asarray(frames, dtype=np.int64),
             "det_count": np.asarray(counts, dtype=np.int64),
+            "det_kind": np.asarray(kinds, dtype=np.int8),
             "det_boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4)),
             "det_scores": np.concatenate(scores) if scores else np.zeros(0),
             "det_marks": np.concatenate(marks) if marks else np.zeros((0, 5, 2)),
-            "det_sigs": np.concatenate(sigs) if sigs else np.zeros((0, 1)),
+            "det_sigs": np.concatenate(sigs) if sigs else np.zeros((0, 1)),  # faces of FULL frames only
         })
 
     def assemble(self, trial: Trial, upstream: dict[str, ShardData], parts: list[ShardData]) -> StageOutput:
         """The tracker over every part's detections in frame order: the same steps as `_detect_and_track`."""
+        from ..media.guided_detection import FULL
+
         n = upstream["probe"].n_frames
-        search = _TrackedSearch(self.settings, None, resolve_device(self.settings.device), trial.subject)
+        rows = _SubjectRows(self.settings, trial.subject)
         cut_pending = False
         n_cuts = 0
         for part in parts:
@@ -357,8 +377,11 @@ class FacesStage(Stage):
             ex = part.extras
             cuts = np.asarray(ex["cuts"], dtype=bool)
             n_cuts += int(cuts.sum())
+            kinds = np.asarray(ex["det_kind"], dtype=np.int64)
             det_at = {int(f): j for j, f in enumerate(ex["det_frame"])}
             offsets = np.concatenate([[0], np.cumsum(ex["det_count"])]).astype(np.int64)
+            full_counts = np.where(kinds == FULL, ex["det_count"], 0)  # signatures: faces of full frames only
+            sig_offsets = np.concatenate([[0], np.cumsum(full_counts)]).astype(np.int64)
             for f in range(a, a + len(cuts)):
                 cut_pending |= bool(cuts[f - a])
                 j = det_at.get(f)
@@ -366,47 +389,21 @@ class FacesStage(Stage):
                     continue
                 lo, hi = offsets[j], offsets[j + 1]
                 dets = None if hi == lo else (ex["det_boxes"][lo:hi], ex["det_scores"][lo:hi], ex["det_marks"][lo:hi])
-                search.frame(f, None, cut_pending, dets, signatures=None if hi == lo else ex["det_sigs"][lo:hi])
+                sigs = slice(sig_offsets[j], sig_offsets[j + 1])
+                rows.frame(f, cut_pending, dets, int(kinds[j]), functools.partial(operator.getitem, ex["det_sigs"], sigs))
                 cut_pending = False
-        return self._finish(trial, n, search, n_cuts)
+        return self._finish(trial, n, rows, n_cuts)
 
-    def _detect_and_track(self, trial: Trial, n: int) -> StageOutput:
-        from ..media.decode import iter_frames
-        from ..media.guided_detection import SceneCuts
-
-        s = self.settings
-        device = resolve_device(s.device)
-        mtcnn = self._mtcnn(device)
-        wanted = self._wanted(n)
-        search = _TrackedSearch(self.settings, mtcnn, device, trial.subject)
-        cuts = SceneCuts()
-        cut_pending = False
-        seen = n_cuts = 0
-        for start, chunk in iter_frames(trial.video, n, chunk=DECODE_CHUNK):
-            seen = max(seen, start + len(chunk))
-            chunk_cuts = cuts.update(chunk)
-            n_cuts += int(chunk_cuts.sum())
-            idx = np.flatnonzero(wanted[start:start + len(chunk)])
-            full: dict = {} if s.guided else dict(zip(idx.tolist(), self._detect_all(mtcnn, chunk[idx])))
-            for i in range(len(chunk)):
-                cut_pending |= bool(chunk_cuts[i])
-                if wanted[start + i]:
-                    search.frame(start + i, chunk[i], cut_pending, full.get(i, False))
-                    cut_pending = False
-        if seen < n:
-            raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
-        return self._finish(trial, n, search, n_cuts)
-
-    def _finish(self, trial: Trial, n: int, search: _TrackedSearch, n_cuts: int) -> StageOutput:
+    def _finish(self, trial: Trial, n: int, rows: _SubjectRows, n_cuts: int) -> StageOutput:
         """Per-frame rows from the detected frames: interpolation, identities, attrs."""
         s = self.settings
-        det_frames = np.asarray(search.frames, dtype=np.int64)
+        det_frames = np.asarray(rows.frames, dtype=np.int64)
         m = len(det_frames)
-        found = np.asarray(search.segment, dtype=np.int64) >= 0
-        values = {"boxes": np.asarray(search.boxes).reshape(m, 4), "landmarks": np.asarray(search.marks).reshape(m, 5, 2),
-                  "scores": np.asarray(search.scores, dtype=np.float64),
-                  "segment": np.asarray(search.segment, dtype=np.float64),
-                  "identity": np.asarray(search.identity, dtype=np.float64)}
+        found = np.asarray(rows.segment, dtype=np.int64) >= 0
+        values = {"boxes": np.asarray(rows.boxes).reshape(m, 4), "landmarks": np.asarray(rows.marks).reshape(m, 5, 2),
+                  "scores": np.asarray(rows.scores, dtype=np.float64),
+                  "segment": np.asarray(rows.segment, dtype=np.float64),
+                  "identity": np.asarray(rows.identity, dtype=np.float64)}
         valid, filled, tracked = fill_between(n, det_frames, found, values, segments=values["segment"])
         segment = np.where(valid, np.nan_to_num(filled["segment"], nan=-1), -1).astype(np.int32)
         identity = np.where(valid, np.nan_to_num(filled["identity"], nan=-1), -1).astype(np.int32)
@@ -418,7 +415,7 @@ class FacesStage(Stage):
         if not valid.any():
             raise StageError("no-face", f"{trial.video}: no face found in any of {n} frames"
                                         + (f" ({m} run through the detector)" if m != n else ""))
-        acq = search.tracker.acquisitions
+        acq = rows.tracker.acquisitions
         return StageOutput(
             features=None,
             valid=valid,
@@ -448,13 +445,13 @@ class FacesStage(Stage):
                 "subject": trial.subject,
                 "guided": bool(s.guided),
                 # how each detected frame was searched (track-guided: O-Net on the track, region, full frame)
-                "refined_frames": search.counts["refined"],
-                "region_frames": search.counts["region"],
-                "full_frames": search.counts["full"],
+                "refined_frames": rows.counts["refined"],
+                "region_frames": rows.counts["region"],
+                "full_frames": rows.counts["full"],
                 "scene_cuts": n_cuts,
                 "acquisitions_count": len(acq),
                 "acquisition_reasons": [a.reason for a in acq],
-                "identities": search.tracker.n_identities,
+                "identities": rows.tracker.n_identities,
                 "other_identity_frames": int((identity > 0).sum()),
                 "other_identities": s.other_identities,
             },
