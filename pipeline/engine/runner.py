@@ -67,7 +67,7 @@ class ExtractSummary:
 # -- schedulers ---------------------------------------------------------------------------------
 
 class AffpipeWorkerPlugin:
-    """Per-worker setup: torch threads = cores / workers on the host; models dropped on teardown."""
+    """Per-worker setup: torch threads = cores / workers on the host; models and kept frames dropped on teardown."""
 
     name = "affpipe"
 
@@ -80,9 +80,11 @@ class AffpipeWorkerPlugin:
         configure_torch_threads(self.torch_threads)
 
     def teardown(self, worker: Any) -> None:
+        from ..media.decode import FRAME_CACHE
         from .resources import clear_models
 
         clear_models()
+        FRAME_CACHE.clear()
 
 
 def _worker_plugin(torch_threads: int | None) -> Any:
