@@ -318,7 +318,7 @@ class _ProbeHelper:
         import subprocess
         import tempfile
 
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding the `pipeline` package
         code = (f"import sys; sys.path.insert(0, {root!r}); "
                 f"from {__package__}.decode import _probe_serve; _probe_serve()")
         self.log = tempfile.TemporaryFile()
