@@ -326,10 +326,14 @@ class TaskGraph:
 def stage_priorities(order: list[str], stage_objs: dict[str, Any]) -> dict[str, int]:
     """Per stage: the longest chain of stages in this run that wait on it, itself included.
 
-    Used as Dask's task priority (higher runs first when a worker has a choice): the
-    critical path (probe -> faces -> visual) starts first, and stages nothing waits on
-    (audio, labels, text, visual) fill the gaps and the end of the run, where short tasks
-    even out the workers' finishing times instead of leaving one busy with a long one.
+    Used as Dask's task priority (higher runs first where a worker has a choice): probe 3,
+    faces 2, and the stages nothing waits on (visual, audio, labels, text) 1, so the critical
+    path (probe -> faces -> visual) is never queued behind work that could wait, and short
+    tasks are left to even out the workers' finishing times. A trial's visual task runs on the
+    worker that ran its faces task (Dask places a task where its inputs were computed) before
+    that worker takes up many other trials (the scheduler hands out probes, tasks without
+    inputs, only as workers run short of work), which is what lets it reuse the frames faces
+    decoded (`pipeline.media.decode._FrameCache`).
     """
     height: dict[str, int] = {}
     for s in reversed(order):  # dependency order reversed: every consumer of s is done before s
@@ -434,9 +438,14 @@ def schedule(graph: TaskGraph, scheduler: str, workers: int | None, on_start: Ca
 
         n = workers or (os.cpu_count() or 1)
         configure_torch_threads(max(1, (os.cpu_count() or 1) // (n if scheduler == "threads" else 1)))
-        with _LocalProgress(on_start, on_result):
-            dask.compute(*graph.delayed, scheduler="synchronous" if scheduler == "sync" else "threads",
-                         num_workers=n)
+        try:
+            with _LocalProgress(on_start, on_result):
+                dask.compute(*graph.delayed, scheduler="synchronous" if scheduler == "sync" else "threads",
+                             num_workers=n)
+        finally:  # this process outlives the run: it does not keep the run's frames
+            from ..media.decode import FRAME_CACHE
+
+            FRAME_CACHE.clear()
     else:
         _run_distributed(graph.delayed, scheduler, workers, on_start, on_result, graph.by_name, store)
 

@@ -504,6 +504,8 @@ class _FrameCache:
 
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, int], tuple[str, int, list[np.ndarray]]] = OrderedDict()
+        #: readers served from kept frames, and videos kept (benchmarks read these)
+        self.hits = self.kept = 0
 
     @staticmethod
     def _identity(path: Path) -> str:
@@ -526,6 +528,7 @@ class _FrameCache:
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
+            self.hits += 1
         return entry[2]
 
     def put(self, path: Path, chunk: int, n_frames: int, identity: str, chunks: list[np.ndarray]) -> None:
@@ -537,6 +540,7 @@ class _FrameCache:
             c.setflags(write=False)
         with self._lock:
             self._entries[(str(path.resolve()), chunk)] = (identity, n_frames, chunks)
+            self.kept += 1
             while sum(sum(c.nbytes for c in e[2]) for e in self._entries.values()) > budget:
                 self._entries.popitem(last=False)
 
