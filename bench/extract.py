@@ -230,24 +230,33 @@ def overlap_rows(tmp: Path, name: str, manifest: Path, stages: list[str], worker
     """Issue 12's ratio, as its numbers were taken: `extract --stages faces` (probe cached) vs a whole
     `extract` from an empty cache, both wall clock in a fresh process on `workers` processes.
 
-    With `baseline` (another checkout of affpipe) the same two runs of that code interleave with
-    this one's (baseline faces, faces, baseline whole, whole), so both see the same machine load.
+    With `baseline` (another checkout of affpipe) each measurement runs that code and this one at
+    the same time, so on a shared, loaded machine both see the same load (one after the other,
+    load swings made the ratios meaningless); the two runs also load each other, so compare
+    the two ratios with each other, not with a quiet machine's.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     config = {"stages": {}}
-    repos = [("baseline", baseline), ("this", REPO)] if baseline else [("this", REPO)]
-    alone: dict[str, dict] = {}
-    e2e: dict[str, dict] = {}
+    repos = {"baseline": baseline, "this": REPO} if baseline else {"this": REPO}
+
+    def each(stage_list: list[str], caches: dict[str, Path]) -> dict[str, dict]:
+        with ThreadPoolExecutor(len(repos)) as pool:
+            futures = {label: pool.submit(run_wall, manifest, caches[label], config, stage_list, "processes",
+                                          workers, 1800, repo) for label, repo in repos.items()}
+            return {label: f.result() for label, f in futures.items()}
+
     with tempfile.TemporaryDirectory() as root:
-        for label, repo in repos:
-            (Path(root) / label).mkdir()
-            run_wall(manifest, Path(root) / label, config, ["probe"], "processes", workers, 1800, repo)
-        for label, repo in repos:
-            alone[label] = run_wall(manifest, Path(root) / label, config, ["faces"], "processes", workers, 1800, repo)
-    for label, repo in repos:
-        with tempfile.TemporaryDirectory() as cache:
-            e2e[label] = run_wall(manifest, Path(cache), config, stages, "processes", workers, 1800, repo)
+        caches = {label: Path(root) / label for label in repos}
+        for c in caches.values():
+            c.mkdir()
+        each(["probe"], caches)
+        alone = each(["faces"], caches)
+    with tempfile.TemporaryDirectory() as root:
+        caches = {label: Path(root) / label for label in repos}
+        e2e = each(stages, caches)
     out = []
-    for label, _ in repos:
+    for label in repos:
         a, e = alone[label], e2e[label]
         out.append({"set": name, "code": label, "faces_wall": a.get("wall"), "e2e_wall": e.get("wall"),
                     "workers": workers, "frames": a.get("frames"), "ok": e.get("ok") and a.get("ok"),
@@ -276,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--only-engine", action="store_true", help="only the --long-seconds / --overlap rows")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another affpipe checkout (e.g. `git archive main` unpacked): --overlap runs its code "
-                         "too, interleaved with this checkout's, and prints both ratios from the one run")
+                         "too, at the same time as this checkout's, and prints both ratios from the one run")
     return ap
 
 
