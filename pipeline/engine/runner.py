@@ -102,9 +102,13 @@ def distributed_client(scheduler: str, workers: int | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     # The nanny's default MALLOC_TRIM_THRESHOLD_ halved InceptionResnetV1 speed here; unset it.
+    # worker-saturation inf: every task without inputs (the probes) goes to a worker at once, so
+    # workers choose by `stage_priorities`; queued at the scheduler instead (the default), a trial's
+    # probe waited until a worker ran dry, and the last trial's faces + visual ran alone at the end.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                           "distributed.worker.multiprocessing-method": "spawn",
-                          "distributed.worker.daemon": False}):
+                          "distributed.worker.daemon": False,
+                          "distributed.scheduler.worker-saturation": float("inf")}):
         if scheduler == "processes":
             n = workers or max(1, min(os.cpu_count() or 1, 4))
             # No dashboard, and the scheduler's HTTP server on a free port: no "Port 8787 is already in use".
@@ -327,13 +331,12 @@ def stage_priorities(order: list[str], stage_objs: dict[str, Any]) -> dict[str, 
     """Per stage: the longest chain of stages in this run that wait on it, itself included.
 
     Used as Dask's task priority (higher runs first where a worker has a choice): probe 3,
-    faces 2, and the stages nothing waits on (visual, audio, labels, text) 1, so the critical
-    path (probe -> faces -> visual) is never queued behind work that could wait, and short
-    tasks are left to even out the workers' finishing times. A trial's visual task runs on the
-    worker that ran its faces task (Dask places a task where its inputs were computed) before
-    that worker takes up many other trials (the scheduler hands out probes, tasks without
-    inputs, only as workers run short of work), which is what lets it reuse the frames faces
-    decoded (`pipeline.media.decode._FrameCache`).
+    faces 2, and the stages nothing waits on (visual, audio, labels, text) 1. Every trial's
+    critical path (probe -> faces) starts before work that could wait, and the short tasks
+    come last, where they even out the workers' finishing times (long tasks first, short
+    ones last). A trial's visual task runs on the worker that ran its faces task (Dask places
+    a task where its inputs were computed), which lets it reuse the frames faces decoded
+    (`pipeline.media.decode._FrameCache`) on short clips.
     """
     height: dict[str, int] = {}
     for s in reversed(order):  # dependency order reversed: every consumer of s is done before s
