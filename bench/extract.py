@@ -195,9 +195,9 @@ print(json.dumps({{"wall": time.time() - t0, "ok": s.ok, "split": s.split, "stag
 
 
 def run_wall(manifest: Path, cache: Path, config: dict, stages: list[str], scheduler: str, workers: int | None,
-             split: int | None) -> dict:
-    """Wall clock of one whole `extract` in a fresh process (imports, worker start-up and all)."""
-    code = WALL_CHILD.format(repo=str(REPO), manifest=str(manifest), cache=str(cache), config=config,
+             split: int | None, repo: Path = REPO) -> dict:
+    """Wall clock of one whole `extract` in a fresh process (imports, worker start-up and all) of `repo`'s code."""
+    code = WALL_CHILD.format(repo=str(repo), manifest=str(manifest), cache=str(cache), config=config,
                              stages=stages, scheduler=scheduler, workers=workers, split=split)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if res.returncode != 0:
@@ -224,19 +224,43 @@ def long_video_rows(tmp: Path, seconds: float, split_frames: int, workers: int =
     return rows
 
 
-def overlap_rows(tmp: Path, name: str, manifest: Path, stages: list[str], workers: int = 2) -> dict:
+def overlap_rows(tmp: Path, name: str, manifest: Path, stages: list[str], workers: int = 2,
+                 baseline: Path | None = None) -> list[dict]:
     """Issue 12's ratio, as its numbers were taken: `extract --stages faces` (probe cached) vs a whole
-    `extract` from an empty cache, both wall clock in a fresh process on `workers` processes."""
+    `extract` from an empty cache, both wall clock in a fresh process on `workers` processes.
+
+    With `baseline` (another checkout of affpipe) each measurement runs that code and this one at
+    the same time, so on a shared, loaded machine both see the same load (one after the other,
+    load swings made the ratios meaningless); the two runs also load each other, so compare
+    the two ratios with each other, not with a quiet machine's.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     config = {"stages": {}}
-    with tempfile.TemporaryDirectory() as cache:
-        run_wall(manifest, Path(cache), config, ["probe"], "processes", workers, 1800)
-        alone = run_wall(manifest, Path(cache), config, ["faces"], "processes", workers, 1800)
-    with tempfile.TemporaryDirectory() as cache:
-        e2e = run_wall(manifest, Path(cache), config, stages, "processes", workers, 1800)
-    out = {"set": name, "faces_wall": alone.get("wall"), "e2e_wall": e2e.get("wall"), "workers": workers,
-           "frames": alone.get("frames"), "ok": e2e.get("ok") and alone.get("ok"),
-           "error": e2e.get("error") or alone.get("error")}
-    print(f"  overlap {name}: {out}", flush=True)
+    repos = {"baseline": baseline, "this": REPO} if baseline else {"this": REPO}
+
+    def each(stage_list: list[str], caches: dict[str, Path]) -> dict[str, dict]:
+        with ThreadPoolExecutor(len(repos)) as pool:
+            futures = {label: pool.submit(run_wall, manifest, caches[label], config, stage_list, "processes",
+                                          workers, 1800, repo) for label, repo in repos.items()}
+            return {label: f.result() for label, f in futures.items()}
+
+    with tempfile.TemporaryDirectory() as root:
+        caches = {label: Path(root) / label for label in repos}
+        for c in caches.values():
+            c.mkdir()
+        each(["probe"], caches)
+        alone = each(["faces"], caches)
+    with tempfile.TemporaryDirectory() as root:
+        caches = {label: Path(root) / label for label in repos}
+        e2e = each(stages, caches)
+    out = []
+    for label in repos:
+        a, e = alone[label], e2e[label]
+        out.append({"set": name, "code": label, "faces_wall": a.get("wall"), "e2e_wall": e.get("wall"),
+                    "workers": workers, "frames": a.get("frames"), "ok": e.get("ok") and a.get("ok"),
+                    "error": e.get("error") or a.get("error")})
+        print(f"  overlap {name}: {out[-1]}", flush=True)
     return out
 
 
@@ -258,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overlap", action="store_true",
                     help="also run every stage end to end on 2 workers and compare with each stage alone")
     ap.add_argument("--only-engine", action="store_true", help="only the --long-seconds / --overlap rows")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another affpipe checkout (e.g. `git archive main` unpacked): --overlap runs its code "
+                         "too, at the same time as this checkout's, and prints both ratios from the one run")
     return ap
 
 
@@ -330,13 +357,13 @@ def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
                 clips = sorted(args.media.glob("cremad/*.flv")) + sorted(args.media.glob("grid/*.mpg"))
                 m = tmp / "shared.csv"
                 m.write_text("trial,video,split\n" + "".join(f"{c.stem},{c},train\n" for c in clips))
-                over.append(overlap_rows(tmp, "shared clips", m, stage_list))
+                over += overlap_rows(tmp, "shared clips", m, stage_list, baseline=args.baseline)
             if not args.skip_720p:
                 secs = 20.0
                 v = make_720p(tmp / "overlap720.mp4", secs)
                 m = tmp / "overlap720.csv"
                 m.write_text(f"trial,video,split\nv720,{v},train\n")
-                over.append(overlap_rows(tmp, f"720p30 {int(secs)}s", m, stage_list))
+                over += overlap_rows(tmp, f"720p30 {int(secs)}s", m, stage_list, baseline=args.baseline)
     if long_rows and all("wall" in r for r in long_rows):
         one, many = long_rows[0], long_rows[-1]
         print(f"\nlong video ({args.long_seconds:.0f} s 720p30, default settings, split "
@@ -346,11 +373,11 @@ def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
               f"workers per stage {many.get('stage_workers')}")
     for o in over:
         if o.get("e2e_wall") and o.get("faces_wall"):
-            print(f"{o['set']}: faces alone (probe cached) {o['faces_wall']:.1f} s, every stage from nothing "
+            print(f"{o['set']} ({o['code']} code): faces alone (probe cached) {o['faces_wall']:.1f} s, every stage from nothing "
                   f"{o['e2e_wall']:.1f} s on {o['workers']} workers: ratio {o['faces_wall'] / o['e2e_wall']:.2f} "
                   f"(target >= 0.8)")
         else:
-            print(f"{o['set']}: failed: {o.get('error')}")
+            print(f"{o['set']} ({o['code']} code): failed: {o.get('error')}")
 
 
 if __name__ == "__main__":

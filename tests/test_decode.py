@@ -192,6 +192,34 @@ def test_iter_frames_returns_every_frame_in_order_in_bounded_chunks(tmp_path):
     assert err.value.kind == "corrupt-media" and "only 70 frames decode" in str(err.value)
 
 
+def test_a_second_reader_of_a_short_video_gets_the_same_frames(tmp_path, monkeypatch):
+    """Frames kept for the next reader (faces then visual) are exactly what decoding gives, for any
+    range; readers cannot change them for each other; a file rewritten in place is decoded anew."""
+    from pipeline.media import decode
+
+    path = write_video(tmp_path / "idx.mkv", moving_frames(70), 25, codec="libx264")
+    p = probe_video(path, isolate=False)
+    monkeypatch.setattr(decode, "FRAME_CACHE_MB", 0)
+    fresh = {(n, start): list(iter_frames(path, n, chunk=16, start=start, times=p.time))
+             for n, start in ((70, 0), (70, 21), (30, 5))}
+    monkeypatch.setattr(decode, "FRAME_CACHE_MB", 64)
+    decode.FRAME_CACHE.clear()
+    first = list(iter_frames(path, 70, chunk=16))
+    first[0][1][:] = 0  # a reader that scribbles on its chunk
+    for (n, start), want in fresh.items():
+        got = list(iter_frames(path, n, chunk=16, start=start, times=p.time))
+        assert [a for a, _ in got] == [a for a, _ in want]
+        assert all(np.array_equal(g, w) and g.flags.writeable for (_, g), (_, w) in zip(got, want))
+    # same path, same length, other pictures: the content identity does not match, so it decodes
+    path.write_bytes(write_video(tmp_path / "other.mkv", moving_frames(70)[::-1], 25, codec="libx264").read_bytes())
+    assert [frame_index(f) for _, c in iter_frames(path, 70, chunk=16) for f in c] == list(range(69, -1, -1))
+    # a video whose frames exceed the budget is not kept (70 x 64 x 96 RGB is 1.3 MB)
+    monkeypatch.setattr(decode, "FRAME_CACHE_MB", 1)
+    decode.FRAME_CACHE.clear()
+    list(iter_frames(path, 70, chunk=16))
+    assert not decode.FRAME_CACHE._entries
+
+
 def test_avi_with_b_frames_gets_an_increasing_grid(tmp_path):
     # AVI stores no presentation times: PyAV hands B-frame pictures packet stamps in decode
     # order (1, 4, 3, 5, 2, ...); the probe's grid is those stamps sorted.

@@ -67,7 +67,7 @@ class ExtractSummary:
 # -- schedulers ---------------------------------------------------------------------------------
 
 class AffpipeWorkerPlugin:
-    """Per-worker setup: torch threads = cores / workers on the host; models dropped on teardown."""
+    """Per-worker setup: torch threads = cores / workers on the host; models and kept frames dropped on teardown."""
 
     name = "affpipe"
 
@@ -80,9 +80,11 @@ class AffpipeWorkerPlugin:
         configure_torch_threads(self.torch_threads)
 
     def teardown(self, worker: Any) -> None:
+        from ..media.decode import FRAME_CACHE
         from .resources import clear_models
 
         clear_models()
+        FRAME_CACHE.clear()
 
 
 def _worker_plugin(torch_threads: int | None) -> Any:
@@ -100,9 +102,13 @@ def distributed_client(scheduler: str, workers: int | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     # The nanny's default MALLOC_TRIM_THRESHOLD_ halved InceptionResnetV1 speed here; unset it.
+    # worker-saturation inf: every task without inputs (the probes) goes to a worker at once, so
+    # workers choose by `stage_priorities`; queued at the scheduler instead (the default), a trial's
+    # probe waited until a worker ran dry, and the last trial's faces + visual ran alone at the end.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                           "distributed.worker.multiprocessing-method": "spawn",
-                          "distributed.worker.daemon": False}):
+                          "distributed.worker.daemon": False,
+                          "distributed.scheduler.worker-saturation": float("inf")}):
         if scheduler == "processes":
             n = workers or max(1, min(os.cpu_count() or 1, 4))
             # No dashboard, and the scheduler's HTTP server on a free port: no "Port 8787 is already in use".
@@ -260,18 +266,38 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
                   config: Any, scheduler: str, workers: int | None, dry_run: bool, retry_failed: bool,
                   progress: bool, gpu: bool, console: Any, started: float,
                   split_frames: int | None = SPLIT_FRAMES) -> ExtractSummary:
+    """Plan, build the graph (`build_graph`), run it (`schedule`), summarise."""
     tasks = make_plan(trials, stage_objs, order, store, retry_failed=retry_failed,
                       fingerprint_mode=fingerprint_mode(config))
     damaged = [{"trial": t.trial.trial, "stage": t.stage, "path": str(t.path), "problem": t.damaged}
                for t in tasks if t.damaged]
     prog = StageProgress(tasks, order, enabled=progress and not dry_run)
-    failures: list[dict[str, Any]] = []
 
     if dry_run:
         counts = {s: {k: prog.counts[s][k] for k in ("cached", "todo", "failed-before", "blocked")} for s in order}
         return ExtractSummary(counts, [], time.time() - started, True, str(store.root), damaged=damaged)
 
     index = TrialIndex(store.root)
+    failures = _settle_plan(tasks, store, index)
+    graph = build_graph(tasks, stage_objs, order, store, gpu, split_frames)
+    log = RunLog(graph.by_name, prog, store, index, failures)
+    with prog:
+        if graph.delayed:
+            schedule(graph, scheduler, workers, log.started, log.finished, store)
+    summary = ExtractSummary({s: {k: prog.counts[s][k] for k in STATUSES} for s in order}, failures,
+                             time.time() - started, False, str(store.root), timing=log.timing,
+                             workers=log.worker_names, damaged=damaged, split=log.split)
+    summary.summary_path = str(store.save_run_summary(summary.to_dict()))
+    if console is not None:
+        console.print(prog.table())
+    return summary
+
+
+def _settle_plan(tasks: list[Task], store: CacheStore, index: TrialIndex) -> list[dict[str, Any]]:
+    """Before computing: move damaged shards aside, index newly verified ones, ledger missing inputs.
+
+    Returns the failures known before anything runs (inputs missing at plan time).
+    """
     by_trial: dict[str, list[Task]] = {}
     for t in tasks:
         if t.damaged and t.path is not None and t.path.exists():
@@ -281,26 +307,68 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
     for trial_id, ts in by_trial.items():
         index.record(trial_id, [t.index_entry() for t in ts])
 
+    failures: list[dict[str, Any]] = []
     known = {e.key for e in store.ledger()}
     for t in tasks:  # inputs missing at plan time: one ledger entry per (trial, stage, key)
         if t.status == "blocked" and not t.blocked_by:
             if t.key not in known:
                 store.record_failure(t.trial.trial, t.stage, t.key, t.error_kind, t.error, recipe=t.recipe)
             failures.append({"trial": t.trial.trial, "stage": t.stage, "kind": t.error_kind, "message": t.error})
+    return failures
 
+
+# -- graph building -----------------------------------------------------------------------------
+
+@dataclass
+class TaskGraph:
+    """What one run computes: a Dask delayed per shard to compute, and the plan's tasks by Dask key."""
+
+    delayed: list[Any]
+    by_name: dict[str, Task]
+
+
+def stage_priorities(order: list[str], stage_objs: dict[str, Any]) -> dict[str, int]:
+    """Per stage: the longest chain of stages in this run that wait on it, itself included.
+
+    Used as Dask's task priority (higher runs first where a worker has a choice): probe 3,
+    faces 2, and the stages nothing waits on (visual, audio, labels, text) 1. Every trial's
+    critical path (probe -> faces) starts before work that could wait, and the short tasks
+    come last, where they even out the workers' finishing times (long tasks first, short
+    ones last). A trial's visual task runs on the worker that ran its faces task (Dask places
+    a task where its inputs were computed), which lets it reuse the frames faces decoded
+    (`pipeline.media.decode._FrameCache`) on short clips.
+    """
+    height: dict[str, int] = {}
+    for s in reversed(order):  # dependency order reversed: every consumer of s is done before s
+        users = [d for d in order if s in stage_objs[d].inputs]
+        height[s] = 1 + max((height[d] for d in users), default=0)
+    return height
+
+
+def build_graph(tasks: list[Task], stage_objs: dict[str, Any], order: list[str], store: CacheStore,
+                gpu: bool = False, split_frames: int | None = SPLIT_FRAMES) -> TaskGraph:
+    """One Dask delayed per (trial, stage) to compute, wired to its upstream tasks' results.
+
+    An upstream shard that needs no computing enters as its status (cached, failed-before,
+    blocked), so `compute_shard` can tell "blocked" without a task for it. Stages that split
+    (`Stage.splits`) become range parts plus an assemble task under the shard's own key
+    (`pipeline.engine.ranges`). Annotations: `stage_priorities`, and a GPU resource for
+    GPU-capable stages when `gpu`.
+    """
     settings = {name: dataclasses.asdict(obj.settings) for name, obj in stage_objs.items()}
     paths = {(t.trial.trial, t.stage): t.path for t in tasks if t.path is not None}
-    by_name = {t.name: t for t in tasks}
+    priority = stage_priorities(order, stage_objs)
     graph: dict[tuple[str, str], Any] = {}
-    todo = [t for t in tasks if t.status == "todo"]
     upstream_index = {(t.trial.trial, t.stage): t for t in tasks}
-    for t in todo:
+    for t in (t for t in tasks if t.status == "todo"):
         ups = []
         for dep in stage_objs[t.stage].inputs:
             dep_task = upstream_index[(t.trial.trial, dep)]
             ups.append(graph[(t.trial.trial, dep)] if dep_task.status == "todo"
                        else {"status": dep_task.status, "stage": dep})
-        annotations = {"resources": {"GPU": 1}} if gpu and stage_objs[t.stage].gpu_capable else {}
+        annotations: dict[str, Any] = {"priority": priority[t.stage]}
+        if gpu and stage_objs[t.stage].gpu_capable:
+            annotations["resources"] = {"GPU": 1}
         spec = _spec(t, store, settings[t.stage], paths)
         parts = 1
         if split_frames and stage_objs[t.stage].splits(t.trial):
@@ -315,67 +383,76 @@ def _extract_held(trials: list[Trial], stage_objs: dict[str, Any], order: list[s
             else:
                 graph[(t.trial.trial, t.stage)] = dask.delayed(compute_shard, pure=False)(
                     spec, *ups, dask_key_name=t.name)
+    return TaskGraph(list(graph.values()), {t.name: t for t in tasks})
 
-    running: set[str] = set()
-    timing: dict[str, dict[str, float]] = {}
-    worker_names: dict[str, list[str]] = {}
-    split: dict[str, int] = {}
 
-    def on_start(name: str) -> None:
-        if name in by_name:
-            running.add(name)
-            prog.started(by_name[name].stage)
+# -- scheduling ---------------------------------------------------------------------------------
 
-    def on_result(name: str, result: dict[str, Any]) -> None:
-        task = by_name.get(name)
+class RunLog:
+    """The driver's side of a run: task starts and results into progress, timings, index and ledger."""
+
+    def __init__(self, by_name: dict[str, Task], prog: StageProgress, store: CacheStore, index: TrialIndex,
+                 failures: list[dict[str, Any]]):
+        self.by_name, self.prog, self.store, self.index, self.failures = by_name, prog, store, index, failures
+        self.running: set[str] = set()
+        self.timing: dict[str, dict[str, float]] = {}
+        self.worker_names: dict[str, list[str]] = {}
+        self.split: dict[str, int] = {}
+
+    def started(self, name: str) -> None:
+        if name in self.by_name:
+            self.running.add(name)
+            self.prog.started(self.by_name[name].stage)
+
+    def finished(self, name: str, result: dict[str, Any]) -> None:
+        task = self.by_name.get(name)
         if task is None:
             return
         status = result["status"]
         if status == "done":
-            names = worker_names.setdefault(task.stage, [])
+            names = self.worker_names.setdefault(task.stage, [])
             for worker in (*result.get("part_workers", ()), result.get("worker")):  # where parts ran, too
                 if worker not in names:
                     names.append(worker)
-            t = timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
+            t = self.timing.setdefault(task.stage, {"seconds": 0.0, "frames": 0})
             t["seconds"] += result.get("seconds", 0.0)
             t["frames"] += result.get("frames", 0)
             if result.get("parts"):
-                split[task.stage] = split.get(task.stage, 0) + 1
+                self.split[task.stage] = self.split.get(task.stage, 0) + 1
         if status in ("done", "cached") and task.path is not None:
             try:  # just written and checked by its writer: its stamp spares the next plan a full read
                 task.stamp = file_stamp(task.path) if status == "done" else None
-                index.record(task.trial.trial, [task.index_entry()])
+                self.index.record(task.trial.trial, [task.index_entry()])
             except OSError:
                 pass  # the shard vanished already: the next plan recomputes it
         if status == "failed":
-            store.record_failure(result["trial"], result["stage"], result["key"], result["kind"],
-                                 result["message"], result.get("traceback", ""),
-                                 sticky=bool(result.get("sticky", False)), recipe=task.recipe)
-            failures.append({k: result[k] for k in ("trial", "stage", "kind", "message")}
-                            | {"sticky": bool(result.get("sticky", False))})
-        prog.finished(task.stage, status, name in running)
-        running.discard(name)
+            self.store.record_failure(result["trial"], result["stage"], result["key"], result["kind"],
+                                      result["message"], result.get("traceback", ""),
+                                      sticky=bool(result.get("sticky", False)), recipe=task.recipe)
+            self.failures.append({k: result[k] for k in ("trial", "stage", "kind", "message")}
+                                 | {"sticky": bool(result.get("sticky", False))})
+        self.prog.finished(task.stage, status, name in self.running)
+        self.running.discard(name)
 
-    delayed = list(graph.values())
-    with prog:
-        if delayed:
-            if scheduler in ("sync", "threads"):
-                from .resources import configure_torch_threads
 
-                n = workers or (os.cpu_count() or 1)
-                configure_torch_threads(max(1, (os.cpu_count() or 1) // (n if scheduler == "threads" else 1)))
-                with _LocalProgress(on_start, on_result):
-                    dask.compute(*delayed, scheduler="synchronous" if scheduler == "sync" else "threads",
-                                 num_workers=n)
-            else:
-                _run_distributed(delayed, scheduler, workers, on_start, on_result, by_name, store)
-    summary = ExtractSummary({s: {k: prog.counts[s][k] for k in STATUSES} for s in order}, failures,
-                             time.time() - started, False, str(store.root), timing=timing,
-                             workers=worker_names, damaged=damaged, split=split)
-    summary.summary_path = str(store.save_run_summary(summary.to_dict()))
-    if console is not None:
-        console.print(prog.table())
-    return summary
+def schedule(graph: TaskGraph, scheduler: str, workers: int | None, on_start: Callable[[str], None],
+             on_result: Callable[[str, dict], None], store: CacheStore) -> None:
+    """Run the graph on the named scheduler; task starts and results go to the callbacks as they happen."""
+    if scheduler in ("sync", "threads"):
+        from .resources import configure_torch_threads
+
+        n = workers or (os.cpu_count() or 1)
+        configure_torch_threads(max(1, (os.cpu_count() or 1) // (n if scheduler == "threads" else 1)))
+        try:
+            with _LocalProgress(on_start, on_result):
+                dask.compute(*graph.delayed, scheduler="synchronous" if scheduler == "sync" else "threads",
+                             num_workers=n)
+        finally:  # this process outlives the run: it does not keep the run's frames
+            from ..media.decode import FRAME_CACHE
+
+            FRAME_CACHE.clear()
+    else:
+        _run_distributed(graph.delayed, scheduler, workers, on_start, on_result, graph.by_name, store)
 
 
 def _run_distributed(delayed: list[Any], scheduler: str, workers: int | None,

@@ -10,6 +10,7 @@ reported as not sticky, so the next run tries again.
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from .stage import STAGES, ShardData, Stage, StageError, StageOutput, settings_f
 from .store import CacheStore, format_exception
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of everything that can change the numbers in a shard."""
+@functools.lru_cache(maxsize=1)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     import importlib.metadata as md
 
     out = {}
@@ -33,7 +34,17 @@ def library_versions() -> dict[str, str]:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
             pass
-    return out
+    return tuple(out.items())
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that can change the numbers in a shard.
+
+    Read once per process: the lookup walks every installed distribution's metadata
+    (~50 ms, once per shard before), and a running worker's imported libraries do not
+    change under it.
+    """
+    return dict(_installed_versions())
 
 
 def worker_name() -> str:

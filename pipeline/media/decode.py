@@ -318,7 +318,7 @@ class _ProbeHelper:
         import subprocess
         import tempfile
 
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding the `pipeline` package
         code = (f"import sys; sys.path.insert(0, {root!r}); "
                 f"from {__package__}.decode import _probe_serve; _probe_serve()")
         self.log = tempfile.TemporaryFile()
@@ -477,6 +477,82 @@ def _frames_from(path: Path, start: int, times: np.ndarray | None) -> Iterator[o
         i += 1
 
 
+#: Decoded RGB a process keeps for the next reader of the same video (MiB; 0 turns reuse off).
+FRAME_CACHE_MB = int(os.environ.get("AFFPIPE_FRAME_CACHE_MB", "256"))
+
+
+class _FrameCache:
+    """The RGB chunks of the videos this process last decoded whole, for the next stage that reads them.
+
+    Why: faces and visual each decode every frame of a trial, and a trial's visual task runs
+    on the worker that ran its faces task (Dask places a task where its inputs were computed),
+    a few trials later at most (the runner's priorities run faces tasks first). On the short
+    shared clips decoding to RGB was a third of the visual stage's CPU time, and 11 of 13
+    visual tasks found their frames kept on a 2-worker run. A video is kept only when all
+    of its frames fit the budget (`FRAME_CACHE_MB`, least recently used out first), so long
+    or HD videos, where keeping them would cost gigabytes, are decoded again as before.
+
+    Exactness: an entry serves only a reader of the same file *content* (full sha256, checked
+    on every hit: ~1 ms per MB, and only files whose frames fit the budget qualify) asking for
+    at most the frames the decode that filled it delivered; chunks are cut at the same
+    multiples, so the reader gets the same arrays a decode would give. Stored chunks are
+    read-only and readers get copies, so no reader can change what the next one sees.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, int], tuple[str, int, list[np.ndarray]]] = OrderedDict()
+        #: readers served from kept frames, and videos kept (benchmarks read these)
+        self.hits = self.kept = 0
+
+    @staticmethod
+    def _identity(path: Path) -> str:
+        from ..engine.identity import content_fingerprint
+
+        return content_fingerprint(path, "full")["full"]
+
+    def get(self, path: Path, chunk: int, n_frames: int) -> list[np.ndarray] | None:
+        """The chunks of frames 0.. (at least `n_frames`) of `path`, or None."""
+        key = (str(path.resolve()), chunk)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or entry[1] < n_frames:
+            return None
+        try:
+            if self._identity(path) != entry[0]:
+                return None
+        except OSError:
+            return None
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            self.hits += 1
+        return entry[2]
+
+    def put(self, path: Path, chunk: int, n_frames: int, identity: str, chunks: list[np.ndarray]) -> None:
+        budget = FRAME_CACHE_MB << 20
+        size = sum(c.nbytes for c in chunks)
+        if size > budget:
+            return
+        for c in chunks:
+            c.setflags(write=False)
+        with self._lock:
+            self._entries[(str(path.resolve()), chunk)] = (identity, n_frames, chunks)
+            self.kept += 1
+            while sum(sum(c.nbytes for c in e[2]) for e in self._entries.values()) > budget:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+FRAME_CACHE = _FrameCache()
+
+
 def iter_frames(path: str | Path, n_frames: int, chunk: int = 64, start: int = 0,
                 times: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start_index, uint8 [c, H, W, 3] RGB)`` for frames start..n_frames-1, `chunk` at a time.
@@ -488,7 +564,8 @@ def iter_frames(path: str | Path, n_frames: int, chunk: int = 64, start: int = 0
     `start` > 0 pass the probe's `times` so decoding seeks to the range (`_frames_from`).
     RGB is PyAV's ``to_ndarray(format="rgb24")`` (FFmpeg's swscale). Memory is one chunk
     (plus the decoder's own buffers) whatever the video's length: 64 x 1080p RGB is ~400 MB,
-    so callers on HD video pass a smaller `chunk`.
+    so callers on HD video pass a smaller `chunk`. A short video decoded whole is kept for
+    the next reader in this process (`_FrameCache`): the same frames, decoded once.
     """
     path = Path(path)
     _check_exists(path)
@@ -496,6 +573,40 @@ def iter_frames(path: str | Path, n_frames: int, chunk: int = 64, start: int = 0
         raise ValueError("chunk must be >= 1")
     if n_frames <= start:
         return
+    cached = FRAME_CACHE.get(path, chunk, n_frames) if FRAME_CACHE_MB > 0 else None
+    if cached is not None:
+        for k in range(start // chunk, (n_frames - 1) // chunk + 1):
+            lo, hi = max(start, k * chunk), min(n_frames, (k + 1) * chunk)
+            yield lo, cached[k][lo - k * chunk:hi - k * chunk].copy()
+        return
+    keep: list[np.ndarray] | None = [] if start == 0 and FRAME_CACHE_MB > 0 else None
+    identity = ""
+    for first, out in _decoded_chunks(path, n_frames, chunk, start, times):
+        if keep is not None and not keep:  # first chunk: keep the video only if all of it fits
+            identity = _cacheable_identity(path, out.nbytes * -(-n_frames // chunk))
+            keep = [] if identity else None
+        if keep is not None:
+            keep.append(out)
+            out = out.copy()
+        yield first, out
+    if keep is not None:
+        FRAME_CACHE.put(path, chunk, n_frames, identity, keep)
+
+
+def _cacheable_identity(path: Path, rgb_bytes: int) -> str:
+    """The content identity of a video whose frames (`rgb_bytes`) and file fit the frame cache, else ""."""
+    budget = FRAME_CACHE_MB << 20
+    try:
+        if rgb_bytes > budget or path.stat().st_size > budget:
+            return ""
+        return _FrameCache._identity(path)
+    except OSError:
+        return ""
+
+
+def _decoded_chunks(path: Path, n_frames: int, chunk: int, start: int,
+                    times: np.ndarray | None) -> Iterator[tuple[int, np.ndarray]]:
+    """`iter_frames` without the cache: decode and cut into chunks."""
     out: np.ndarray | None = None
     i = start
     first = start
