@@ -50,7 +50,7 @@ def write_synthetic_cache(cache: str | Path, trials: Sequence[Trial], lengths: d
 
     reader = open_cache(cache, list(trials), config)
     store = CacheStore(cache)
-    face_derived = any(reader.face_derived(s) for s in dims)
+    face_derived = "faces" not in dims and any(reader.face_derived(s) for s in dims)  # else written below
     written = {s: 0 for s in ["probe", "labels", *(["faces"] if face_derived else []), *dims]}
     rng_master = np.random.default_rng(seed)
     mixing = {s: rng_master.normal(0, 1, size=(2, d)).astype(np.float32) for s, d in dims.items()}
