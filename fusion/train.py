@@ -232,13 +232,12 @@ def _resumed_stats(opened: CacheInputs, norm: Path, fold_label: str, bar: "_Trai
         return saved
     bar.phase("normalisation statistics (shard files changed: checking)", len(opened.splits["train"]))
     fresh = opened.training_stats("train", fold_label=fold_label, progress=bar.tick, warn=bar.warn)
-    same = sorted(saved.mean) == sorted(fresh.mean) and all(
-        np.array_equal(saved.mean[s], fresh.mean[s]) and np.array_equal(saved.std[s], fresh.std[s])
-        for s in fresh.mean)
-    if not same:
-        changed = [s for s in fresh.mean if s not in saved.mean or not np.array_equal(saved.mean[s], fresh.mean[s])]
+    changed = [s for s in sorted(set(saved.mean) | set(fresh.mean))
+               if s not in saved.mean or s not in fresh.mean or not np.array_equal(saved.mean[s], fresh.mean[s])
+               or not np.array_equal(saved.std[s], fresh.std[s])]
+    if changed:
         raise FusionError(f"{norm.parent}: shard files were rewritten since the run started and their "
-                          f"normalisation statistics changed ({', '.join(changed) or 'std'}): norm.npz no longer "
+                          f"normalisation statistics changed ({', '.join(changed)}): norm.npz no longer "
                           "matches the data; start a new run")
     return fresh
 
