@@ -48,6 +48,8 @@ class TrainConfig:
     stage_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGE_MAP))
     label_stage: str = "labels"
     valid_channel: bool = True  # append each modality's valid flag as one more input feature
+    keep_other_identities: bool = False  # false: frames where the tracked face is another person's (faces
+    #   `identity` != 0) are missing in face-derived modalities (visual); true: train on them as the subject's
     n_folds: int = 6
     plot_trials: int = 3  # val trials drawn as prediction-vs-label plots
     model: dict[str, Any] = field(default_factory=dict)  # passed to fusion.models.build_model as cfg

@@ -11,7 +11,8 @@ inference, test prediction, the benchmark) must make them identically:
   trials only (val/test statistics would leak), accumulated chunk by chunk
   (Chan/Welford in float64) so 3M x 1024 never has to be in memory at once,
   and cached in ``<cache>/stats/`` under a key of (shard keys, each shard file's
-  size/mtime/inode, fold): a shard recomputed with new settings gets new
+  size/mtime/inode, fold, and the faces shards whose identities masked frames
+  out, see `fusion.inputs`): a shard recomputed with new settings gets new
   statistics, a re-run gets the old ones, and a shard file replaced under the
   same key (repaired after damage) gets fresh ones instead of the poisoned
   statistics of its predecessor. Cached statistics are checked on load (finite,
@@ -221,25 +222,41 @@ def shard_identity(path: Path | None) -> list[int] | None:
 
 
 def stats_key(stage: str, fold: str, shard_keys: dict[str, str],
-              files: dict[str, list[int] | None] | None = None) -> str:
-    """Cache key of one stage's statistics: the exact shards (and shard files) they came from, and the fold."""
-    blob = json.dumps({"version": STATS_VERSION, "stage": stage, "fold": fold,
-                       "shards": sorted(shard_keys.items()), "files": sorted((files or {}).items())},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+              files: dict[str, list[int] | None] | None = None, masked_by: dict[str, Any] | None = None) -> str:
+    """Cache key of one stage's statistics: the exact shards (and shard files) they came from, the fold,
+    and (`masked_by`, trial -> the faces shard's key and file) the identities that masked frames out."""
+    fields: dict[str, Any] = {"version": STATS_VERSION, "stage": stage, "fold": fold,
+                              "shards": sorted(shard_keys.items()), "files": sorted((files or {}).items())}
+    if masked_by:  # absent otherwise: the keys of unmasked statistics stay what they were
+        fields["masked_by"] = sorted(masked_by.items())
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def stats_keys_of(trial_ids: Sequence[str], stages: Sequence[str], *, shard_keys: dict[str, dict[str, str]],
+                  fold: str, shard_files: dict[str, dict[str, list[int] | None]] | None = None,
+                  masked_by: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """stage -> `stats_key` of the statistics of `stages` over `trial_ids` (see `compute_stats` for the maps)."""
+    files, masks = shard_files or {}, masked_by or {}
+    return {s: stats_key(s, fold, {t: shard_keys[s][t] for t in trial_ids},
+                         {t: files[s][t] for t in trial_ids} if s in files else None,
+                         {t: masks[s][t] for t in trial_ids} if s in masks else None) for s in stages}
 
 
 def compute_stats(load: Callable[[str], Any], dims: dict[str, int], trial_ids: Sequence[str],
                   stages: Sequence[str], *, shard_keys: dict[str, dict[str, str]], fold: str,
                   cache_dir: Path | None, progress: Callable[[], None] | None = None,
                   shard_files: dict[str, dict[str, list[int] | None]] | None = None,
+                  masked_by: dict[str, dict[str, Any]] | None = None,
                   warn: Callable[[str], None] | None = None) -> NormStats:
     """Statistics over the valid frames of `trial_ids` (the training trials), cached per stage.
 
     `load(trial_id)` returns an object with ``features`` and ``valid`` dicts
     (a `RawTrial`, or the reader's `TrialArrays`); it is only called when some
     stage's statistics are not cached yet. `shard_keys` is stage -> trial -> key,
-    `shard_files` stage -> trial -> `shard_identity` (enters the cache key).
+    `shard_files` stage -> trial -> `shard_identity` (enters the cache key), and
+    `masked_by` stage -> trial -> what masked frames of that stage out (the faces
+    shard behind an identity mask; enters the key, so masked and unmasked
+    statistics of the same shards never share a cache file).
     A cached file that is unreadable, of the wrong width or non-finite is
     recomputed (and replaced); statistics that come out non-finite raise
     `NonFiniteError` and are not written. When the cache cannot be written
@@ -249,9 +266,8 @@ def compute_stats(load: Callable[[str], Any], dims: dict[str, int], trial_ids: S
     mean: dict[str, np.ndarray] = {}
     std: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
-    files = shard_files or {}
-    stat_keys = {s: stats_key(s, fold, {t: shard_keys[s][t] for t in trial_ids},
-                              {t: files[s][t] for t in trial_ids} if s in files else None) for s in stages}
+    stat_keys = stats_keys_of(trial_ids, stages, shard_keys=shard_keys, fold=fold, shard_files=shard_files,
+                              masked_by=masked_by)
     todo: list[str] = []
     for s in stages:
         path = Path(cache_dir) / "stats" / f"{s}.{stat_keys[s]}.npz" if cache_dir is not None else None
@@ -372,11 +388,12 @@ class ReaderSpec:
     cache_dir: Path
     trials: tuple[Any, ...]  # pipeline.sources.manifest.Trial records
     config: Any  # dict | Path | None, as given to open_cache
+    subject_only: bool = False  # other people's face frames are invalid (see pipeline.engine.reader)
 
     def open(self) -> ReaderLike:
         from pipeline.engine.reader import open_cache
 
-        return open_cache(self.cache_dir, list(self.trials), self.config)
+        return open_cache(self.cache_dir, list(self.trials), self.config, subject_only=self.subject_only)
 
 
 class WindowDataset(Dataset):

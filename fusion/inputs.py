@@ -12,6 +12,11 @@ or a model would be evaluated on inputs it was not trained on:
 - that every needed shard is there (`CacheReader.require`), before minutes of loading;
 - whether the arrays are held in memory (when their estimated size fits the
   memory budget) or read lazily by every DataLoader worker;
+- which frames of a face-derived modality (visual) count: unless
+  ``train.keep_other_identities`` is set, frames where the tracked face is
+  another person's (the faces shard's ``identity`` != 0) are missing, in the
+  statistics, in training, in evaluation and in prediction alike (see
+  `pipeline.engine.reader` for shards that record no identities);
 - where the normalisation statistics come from: computed over the training
   trials when a run starts, the run's own ``norm.npz`` afterwards.
 """
@@ -25,7 +30,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import (NormStats, RawTrial, ReaderSpec, WindowDataset, compute_stats, estimate_bytes, itemsizes,
-                   labels_of_arrays, preload, probe_lengths, shard_identity, shard_keys_of)
+                   labels_of_arrays, preload, probe_lengths, shard_identity, shard_keys_of, stats_keys_of)
 from .runs import FusionError, RunInfo
 
 
@@ -35,6 +40,11 @@ class LoadProgress(Protocol):
     def phase(self, title: str, total: int | None) -> None: ...
 
     def tick(self, n: int = 1) -> None: ...
+
+
+def _few(ids: Sequence[str]) -> str:
+    """The first five of `ids`, and how many more."""
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
 
 
 def split_trial_ids(run: RunInfo, trials: Sequence[Any], split: str) -> list[str]:
@@ -48,8 +58,7 @@ def split_trial_ids(run: RunInfo, trials: Sequence[Any], split: str) -> list[str
         ids = run.splits[split]
         absent = [t for t in ids if t not in in_manifest]
         if absent:
-            shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
-            raise FusionError(f"{run.path}: {split} trials of the run are not in the manifest: {shown}")
+            raise FusionError(f"{run.path}: {split} trials of the run are not in the manifest: {_few(absent)}")
     else:
         ids = [t.trial for t in trials if t.split == split]
     if not ids:
@@ -111,6 +120,11 @@ class CacheInputs:
     def needed(self) -> list[str]:
         return ["probe"] + self.stages + ([self.label_stage] if self.label_stage else [])
 
+    @property
+    def identity_masked(self) -> list[str]:
+        """Feature stages whose frames of other people's faces are masked (none when the reader keeps them)."""
+        return [s for s in self.stages if self.reader.subject_only and self.reader.face_derived(s)]
+
     def load(self, memory_budget_mb: float, progress: LoadProgress | None = None,
              title: str = "loading trials") -> None:
         """Frame counts of every trial, and its arrays when they fit `memory_budget_mb` (else read lazily)."""
@@ -135,49 +149,70 @@ class CacheInputs:
             load: Callable[[str], Any] = lambda t: raw[t]  # noqa: E731
         else:
             load = lambda t: self.reader.load(t, self.stages)  # noqa: E731
+        return compute_stats(load, self.dims, ids, self.stages, fold=fold_label, cache_dir=self.cache,
+                             progress=None if self.raw is not None else progress, warn=warn,
+                             **self._stats_sources(ids))
+
+    def stats_keys(self, split: str, *, fold_label: str) -> dict[str, str]:
+        """stage -> the key `training_stats` would give its statistics now (nothing is read but file metadata).
+
+        Equal keys mean the same shard files (size, mtime, inode) under the same keys, masked the same way.
+        """
+        ids = self.splits[split]
+        return stats_keys_of(ids, self.stages, fold=fold_label, **self._stats_sources(ids))
+
+    def _stats_sources(self, ids: Sequence[str]) -> dict[str, Any]:
+        """What statistics over `ids` are keyed by: shard keys, shard files, and the faces shards that mask."""
+        def faces(t: str) -> list[Any]:
+            return [self.reader.key(t, "faces"), shard_identity(self.reader.shard_path(t, "faces"))]
+
         files = {s: {t: shard_identity(self.reader.shard_path(t, s)) for t in ids} for s in self.stages}
-        return compute_stats(load, self.dims, ids, self.stages, shard_keys=self.shard_keys(), fold=fold_label,
-                             cache_dir=self.cache, progress=None if self.raw is not None else progress,
-                             shard_files=files, warn=warn)
+        masks = {t: faces(t) for t in ids} if self.identity_masked else {}
+        return {"shard_keys": self.shard_keys(), "shard_files": files,
+                "masked_by": {s: masks for s in self.identity_masked}}
 
     def dataset(self, split: str, modalities: Sequence[str], cfg: TrainConfig, stats: NormStats) -> WindowDataset:
         """The windows of `split`, normalised with `stats`, with labels when they were read."""
         ids = self.splits[split]
         source: dict[str, Any] = ({"preloaded": self.raw} if self.raw is not None else
-                                  {"spec": ReaderSpec(self.cache, tuple(self.trials), self.extract_config)})
+                                  {"spec": ReaderSpec(self.cache, tuple(self.trials), self.extract_config,
+                                                      self.reader.subject_only)})
         return WindowDataset(ids, [self.lengths[t] for t in ids], list(modalities), cfg.stage_map, stats,
                              cfg.window, cfg.hop, with_labels=self.label_stage is not None,
                              label_stage=cfg.label_stage, valid_channel=cfg.valid_channel, **source)
 
     def labels(self, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """trial -> (labels [n, 2], labelled mask [n]) of every trial of `split`."""
+        return {t: self.trial_labels(t) for t in self.splits[split]}
+
+    def trial_labels(self, trial: str) -> tuple[np.ndarray, np.ndarray]:
+        """(labels [n, 2], labelled mask [n]) of one trial: held in memory, or read from its label shard."""
         if self.label_stage is None:
             raise ValueError("labels were not read (opened without a label stage)")
-        stage = self.label_stage
-        out = {}
-        for t in self.splits[split]:
-            if self.raw is not None:
-                out[t] = (self.raw[t].labels, self.raw[t].label_mask)
-            else:
-                out[t] = labels_of_arrays(t, self.reader.load(t, [stage]), stage)
-        return out  # type: ignore[return-value]
+        if self.raw is not None:
+            raw = self.raw[trial]
+            return raw.labels, raw.label_mask  # type: ignore[return-value]
+        return labels_of_arrays(trial, self.reader.load(trial, [self.label_stage]), self.label_stage)
 
 
 def open_inputs(trials: Sequence[Any], splits: dict[str, list[str]], cache: str | Path,
                 extract_config: dict[str, Any] | None, stages: Sequence[str], label_stage: str | None, *,
-                warn: Callable[[str], None] | None, strict: bool = False) -> CacheInputs:
+                warn: Callable[[str], None] | None, strict: bool = False,
+                subject_only: bool = False) -> CacheInputs:
     """Open the cache for the trials of `splits` and check that their shards are there.
 
     With `warn`, trials with input verdicts are skipped (told through `warn`) or,
     with `strict`, refused; a split left empty is an error. Without `warn`
     (predict: a submission needs every trial) every trial must have its shards.
+    With `subject_only` (``not train.keep_other_identities``), other people's face
+    frames are missing in face-derived stages, whose faces shards must then be there too.
     """
     from pipeline.engine.reader import open_cache
 
     wanted = {t for ids in splits.values() for t in ids}
     used = [t for t in trials if t.trial in wanted]
     extract_config = extract_config or None
-    reader = open_cache(cache, used, extract_config)
+    reader = open_cache(cache, used, extract_config, subject_only=subject_only)
     inputs = CacheInputs(reader, Path(cache), extract_config, used, {k: list(v) for k, v in splits.items()},
                          list(stages), label_stage, {})
     if warn is not None:
@@ -188,6 +223,11 @@ def open_inputs(trials: Sequence[Any], splits: dict[str, list[str]], cache: str 
                 raise FusionError(f"no {name} trial left after skipping the trials with input verdicts")
         inputs.trials = [t for t in used if t.trial in kept]
     reader.require(inputs.needed, inputs.ids)
+    lacking = reader.missing(["faces"], inputs.ids)["faces"] if inputs.identity_masked else []
+    if lacking:
+        raise FusionError(f"{cache}: no cached faces shards for {_few(lacking)}: they tell which frames show another "
+                          f"person, whose face {', '.join(inputs.identity_masked)} must not be read as the "
+                          "subject's (run `affpipe extract`, or set train.keep_other_identities: true)")
     inputs.dims = {s: reader.dim(s) for s in inputs.stages}
     return inputs
 
@@ -214,7 +254,8 @@ def open_run_split(run: RunInfo, manifest: str | Path, cache: str | Path, split:
     cfg = run.train
     stages = [cfg.stage_of(m) for m in run.modalities]
     inputs = open_inputs(trials, {split: ids}, cache, run.extract_config, stages,
-                         cfg.label_stage if with_labels else None, warn=warn, strict=strict)
+                         cfg.label_stage if with_labels else None, warn=warn, strict=strict,
+                         subject_only=not cfg.keep_other_identities)
     stats = run_norm_stats(run)
     for m, s in zip(run.modalities, stages):
         want = run.input_dims[m] - (1 if cfg.valid_channel else 0)

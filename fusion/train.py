@@ -184,6 +184,7 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     Trials are held in memory when their estimated size fits `cfg.memory_budget_mb`,
     else every DataLoader worker opens its own reader and loads trials lazily.
     Trials with input verdicts in the ledger are skipped (or refused: `strict`).
+    `stats_path` is a resumed run's ``norm.npz``: see `_resumed_stats`.
     """
     from pipeline.sources.manifest import read_manifest
 
@@ -192,7 +193,7 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     train_ids, val_ids = _splits(trials, fold, cfg.n_folds)
     stages = [cfg.stage_of(m) for m in cfg.modalities]
     opened = open_inputs(trials, {"train": train_ids, "val": val_ids}, cache, extract_config, stages,
-                         cfg.label_stage, warn=bar.warn, strict=strict)
+                         cfg.label_stage, warn=bar.warn, strict=strict, subject_only=not cfg.keep_other_identities)
     dims = opened.dims
     input_dims = {m: dims[s] + (1 if cfg.valid_channel else 0) for m, s in zip(cfg.modalities, stages)}
     if fusion is not None:  # a bad model config fails now, not after minutes of loading
@@ -209,7 +210,7 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     fold_label = "official" if fold is None else f"{cfg.n_folds}fold-{fold}"
     opened.load(cfg.memory_budget_mb, bar)
     if stats_path is not None and stats_path.is_file():
-        stats = NormStats.load(stats_path)
+        stats = _resumed_stats(opened, stats_path, fold_label, bar)
     else:
         bar.phase("normalisation statistics", len(opened.splits["train"]))
         stats = opened.training_stats("train", fold_label=fold_label, progress=bar.tick, warn=bar.warn)
@@ -219,18 +220,41 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     return Inputs(opened, train_ds, val_ds, stats, dims, input_dims, keys, fold_label)
 
 
-def _check_learnable(opened: CacheInputs, cfg: TrainConfig, n_windows: int, warn: Callable[[str], None]) -> None:
-    """Refuse a run with no labelled training frame; warn when an epoch has too few optimizer steps."""
-    from pipeline.engine.shards import read_attrs
+def _resumed_stats(opened: CacheInputs, norm: Path, fold_label: str, bar: "_TrainProgress") -> NormStats:
+    """A resumed run's own statistics, when the shard files are still the ones they were computed from.
 
+    The check is the stats cache's: shard keys, each shard file's size/mtime/inode,
+    fold, identity masks (`CacheInputs.stats_keys`). When those differ (a shard
+    rewritten under the same key, or a cache copied elsewhere) the statistics are
+    computed again: equal values (a mere copy) continue the run, other values mean
+    the data the run started on is gone, and continuing would mix two datasets.
+    """
+    saved = NormStats.load(norm)
+    if saved.keys == opened.stats_keys("train", fold_label=fold_label):
+        return saved
+    bar.phase("normalisation statistics (shard files changed: checking)", len(opened.splits["train"]))
+    fresh = opened.training_stats("train", fold_label=fold_label, progress=bar.tick, warn=bar.warn)
+    changed = [s for s in sorted(set(saved.mean) | set(fresh.mean))
+               if s not in saved.mean or s not in fresh.mean or not np.array_equal(saved.mean[s], fresh.mean[s])
+               or not np.array_equal(saved.std[s], fresh.std[s])]
+    if changed:
+        raise FusionError(f"{norm.parent}: shard files were rewritten since the run started and their "
+                          f"normalisation statistics changed ({', '.join(changed)}): norm.npz no longer "
+                          "matches the data; start a new run")
+    return fresh
+
+
+def _check_learnable(opened: CacheInputs, cfg: TrainConfig, n_windows: int, warn: Callable[[str], None]) -> None:
+    """Refuse a run with no labelled training frame; warn when an epoch has too few optimizer steps.
+
+    Held trials are counted in memory; lazily read ones have their label shards
+    read (until the first labelled frame): a shard's own count attribute may be
+    absent, and assuming frames are labelled would start a run that learns nothing.
+    """
     train_ids = opened.splits["train"]
     labelled = 0
     for t in train_ids:
-        if opened.raw is not None:
-            labelled += int(opened.raw[t].label_mask.sum())  # type: ignore[union-attr]
-        else:
-            attrs = read_attrs(opened.reader.shard_path(t, cfg.label_stage))
-            labelled += int(attrs.get("n_labelled_frames", 1))  # no count recorded: found at the first batch
+        labelled += int(opened.trial_labels(t)[1].sum())
         if labelled:
             break
     if not labelled:
@@ -275,6 +299,7 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
 
     # on resume the shards read must still be the ones the run started on
     saved = json.loads((out / "config.json").read_text(encoding="utf-8")) if resuming else {}
+    norm_found = (out / "norm.npz").is_file()  # resuming without it: recomputed below, and saved again
     dev = torch.device(resolve_device(cfg.device))
     with _TrainProgress(progress) as bar:
         try:
@@ -286,6 +311,9 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
                 raise FusionError(f"{out}: {exc}") from None
             raise
         train_ds, val_ds, stats = inp.train_ds, inp.val_ds, inp.stats
+        if resuming and saved.get("norm_stats") and saved["norm_stats"] != stats.keys and not norm_found:
+            raise FusionError(f"{out}: norm.npz is missing and the shard files changed since the run started: "
+                              "the statistics it trained with cannot be checked; start a new run")
         train_ids, val_ids = train_ds.trial_ids, val_ds.trial_ids
         input_dims, dims, keys, fold_label = inp.input_dims, inp.dims, inp.keys, inp.fold_label
 
@@ -293,9 +321,8 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
         if not any(mask.any() for _lab, mask in val_labels.values()):
             raise FusionError(f"the {len(val_ids)} val trial(s) have no labelled frame: validation could never "
                               "pick a best epoch (check the manifest's annotation column)")
-        if not resuming:
-            out.mkdir(parents=True, exist_ok=True)
-            stats.save(out / "norm.npz")
+        out.mkdir(parents=True, exist_ok=True)
+        stats.save(out / "norm.npz")  # on resume too: recomputed ones (norm.npz lost) must reach evaluate/predict
         write_json_atomic(out / "config.json", {
             "fusion": fusion,
             "modalities": cfg.modalities,

@@ -8,7 +8,9 @@ known signal (valence and arousal mixed into each stage with noise), so a
 model trained on them must learn something, which tests can check.
 
 Shards already in the cache (e.g. real probe and labels shards written by
-`pipeline.extract`) are kept; only missing ones are synthesised.
+`pipeline.extract`) are kept; only missing ones are synthesised. A face-derived
+stage (visual) gets a faces shard beside it, as extraction would leave, with
+every frame the subject's (identity 0): the trainer reads identities from it.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def write_synthetic_cache(cache: str | Path, trials: Sequence[Trial], lengths: d
                           dims: dict[str, int], config: dict[str, Any] | str | Path | None = None, *,
                           fps: float = 30.0, seed: int = 0, noise: float = 0.5, invalid_fraction: float = 0.05,
                           feature_dtype: Any = np.float16, progress: Any = None) -> dict[str, int]:
-    """Write probe, labels and feature shards (stage -> width in `dims`) that are not cached yet.
+    """Write probe, labels, feature shards (stage -> width in `dims`) and their faces shards, where missing.
 
     `lengths` gives each trial's frame count where no probe shard exists yet;
     with an existing probe shard its count wins. Returns shards written per stage.
@@ -48,7 +50,8 @@ def write_synthetic_cache(cache: str | Path, trials: Sequence[Trial], lengths: d
 
     reader = open_cache(cache, list(trials), config)
     store = CacheStore(cache)
-    written = {s: 0 for s in ["probe", "labels", *dims]}
+    face_derived = "faces" not in dims and any(reader.face_derived(s) for s in dims)  # else written below
+    written = {s: 0 for s in ["probe", "labels", *(["faces"] if face_derived else []), *dims]}
     rng_master = np.random.default_rng(seed)
     mixing = {s: rng_master.normal(0, 1, size=(2, d)).astype(np.float32) for s, d in dims.items()}
     for trial in trials:
@@ -81,6 +84,10 @@ def write_synthetic_cache(cache: str | Path, trials: Sequence[Trial], lengths: d
             _write(path("labels"), t, "labels", reader.key(t, "labels"), time_grid, feats, labelled,
                    {"policy": "truncate", "n_decoded": n, "synthetic": True})
             written["labels"] += 1
+        if face_derived and not reader.has(t, "faces") and reader.key(t, "faces"):
+            _write(path("faces"), t, "faces", reader.key(t, "faces"), time_grid, None, np.ones(n, dtype=bool),
+                   {"mode": "detect", "synthetic": True}, extras={"identity": np.zeros(n, dtype=np.int32)})
+            written["faces"] += 1
         for s, d in dims.items():
             if reader.has(t, s):
                 continue
@@ -132,10 +139,10 @@ def _write_text(path: Path, trial: str, key: str, time_grid: np.ndarray, va: np.
 
 
 def _write(path: Path, trial: str, stage: str, key: str, time_grid: np.ndarray, features: np.ndarray | None,
-           valid: np.ndarray | None, attrs: dict[str, Any]) -> None:
+           valid: np.ndarray | None, attrs: dict[str, Any], extras: dict[str, np.ndarray] | None = None) -> None:
     n = int(time_grid.shape[0])
     write_shard(path, frame=np.arange(n, dtype=np.int64), time=np.asarray(time_grid, dtype=np.float64),
-                features=features, valid=valid, extras={},
+                features=features, valid=valid, extras=extras or {},
                 attrs={"trial": trial, "stage": stage, "key": key, **attrs})
 
 

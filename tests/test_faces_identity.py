@@ -4,7 +4,8 @@ The video is built from real recordings: actor 1001 of CREMA-D (the subject), an
 empty stretch, a GRID speaker (another person) in a new shot, then a hard cut
 back to the subject. The faces shard must record every (re)acquisition with its
 frame, mark the other person's frames as another identity, and re-acquire the
-subject as identity 0 when she returns.
+subject as identity 0 when she returns; the trainer, evaluate and predict must
+then read the other person's frames of `visual` as missing (unless told to keep them).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from pipeline.media.guided_detection import SceneCuts
 from pipeline.media.tracking import SubjectTracker, TrackParams, fill_between
 
-from test_faces import box
+from test_faces import box, torch_threads
 
 
 def unit(v) -> np.ndarray:
@@ -88,18 +89,35 @@ def two_person_video(shared_media, tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("twoperson") / "two_person.mp4", frames, fps=25, bit_rate=4_000_000)
 
 
-def test_two_person_video_records_the_switch_and_the_return(two_person_video, tmp_path):
+FACES_CONFIG = {"stages": {"faces": {"max_gap": 8}}}
+
+
+@pytest.fixture(scope="module")
+def two_person_cache(two_person_video, tmp_path_factory):
+    """(manifest, cache): the two-person video as a labelled train trial and a val trial, with real
+    probe, faces (other identities kept, the default), visual (O-Net) and labels shards."""
     from pipeline import extract
+
+    root = tmp_path_factory.mktemp("twoperson_cache")
+    n = 88
+    rows = ["valence,arousal"] + [f"{np.sin(i / 9):.3f},{np.cos(i / 7):.3f}" for i in range(n)]
+    (root / "two.txt").write_text("\n".join(rows) + "\n")
+    manifest = root / "m.csv"
+    manifest.write_text(f"trial,video,split,annotation\ntwo,{two_person_video},train,two.txt\n"
+                        f"two_val,{two_person_video},val,two.txt\n")
+    with torch_threads(1):
+        summary = extract(manifest, cache=root / "cache", config=FACES_CONFIG, stages=["faces", "visual", "labels"],
+                          scheduler="sync", progress=False)
+    assert summary.ok, summary.failures
+    return manifest, root / "cache"
+
+
+def test_two_person_video_records_the_switch_and_the_return(two_person_cache):
     from pipeline.sources.manifest import read_manifest
     from pipeline.engine.reader import open_cache
 
-    manifest = tmp_path / "m.csv"
-    manifest.write_text(f"trial,video,split\ntwo,{two_person_video},train\n")
-    config = {"stages": {"faces": {"max_gap": 8}}}
-    summary = extract(manifest, cache=tmp_path / "cache", config=config, stages=["faces"], scheduler="sync",
-                      progress=False)
-    assert summary.ok
-    path = open_cache(tmp_path / "cache", read_manifest(manifest), config).shard_path("two", "faces")
+    manifest, cache = two_person_cache
+    path = open_cache(cache, read_manifest(manifest), FACES_CONFIG).shard_path("two", "faces")
     with h5py.File(path, "r") as h5:
         valid = h5["valid"][:].astype(bool)
         identity = h5["identity"][:]
@@ -118,7 +136,7 @@ def test_two_person_video_records_the_switch_and_the_return(two_person_video, tm
 
 def test_other_identities_invalid_delivers_only_the_subject(two_person_video):
     from pipeline.stages.faces import FacesStage
-    from test_faces import probe_shard, torch_threads, trial_for
+    from test_faces import probe_shard, trial_for
 
     stage = FacesStage(FacesStage.Settings(max_gap=8, other_identities="invalid"))
     with torch_threads(1):
@@ -128,3 +146,56 @@ def test_other_identities_invalid_delivers_only_the_subject(two_person_video):
     assert (identity[40:64] == 1).all(), "the other person's frames keep their identity, for the record"
     assert np.isnan(out.extras["boxes"][40:64]).all() and (out.extras["scores"][40:64] == 0).all()
     assert out.attrs["other_identity_frames"] == 24 and out.attrs["other_identities"] == "invalid"
+
+
+def test_trainer_evaluate_and_predict_read_other_peoples_faces_as_missing(two_person_cache, tmp_path):
+    from fusion.config import train_config_from_dict
+    from fusion.inputs import open_run_split
+    from fusion.runs import open_run
+    from fusion.train import prepare_inputs, train
+    from pipeline.engine.reader import open_cache
+    from pipeline.sources.manifest import read_manifest
+
+    manifest, cache = two_person_cache
+    trials = read_manifest(manifest)
+    with h5py.File(open_cache(cache, trials, FACES_CONFIG).shard_path("two", "faces"), "r") as h5:
+        others = h5["identity"][:] != 0
+    shard_valid = open_cache(cache, trials, FACES_CONFIG).load("two", ["visual"]).valid["visual"]
+    subject = open_cache(cache, trials, FACES_CONFIG, subject_only=True).load("two", ["visual"]).valid["visual"]
+    assert shard_valid[40:64].all(), "extracted with other_identities: keep, the visual shard keeps them valid"
+    # masked: exactly the valid frames whose identity is not the subject's (the other person, 40-63)
+    assert np.flatnonzero(shard_valid & ~subject).tolist() == np.flatnonzero(shard_valid & others).tolist()
+    assert np.flatnonzero(shard_valid & others).tolist() == list(range(40, 64))
+    assert not (subject & others).any()
+
+    train_cfg = {"window": 32, "hop": 16, "batch_size": 4, "epochs": 1, "modalities": ["visual"],
+                 "model": {"tcn": {"visual": [8, 8]}, "hidden": 16}}
+
+    def frame_valid(ds, pos: int) -> np.ndarray:
+        """Per frame of trial `pos`, the valid channel the model receives (as training batches build it)."""
+        batch = ds.__getitems__(ds.windows_of(pos).tolist())
+        out = np.zeros(ds.lengths[pos], dtype=bool)
+        for j, start in enumerate(batch["start"].tolist()):
+            k = int(batch["inside"][j].sum())
+            out[start:start + k] = batch["inputs"]["visual"][j, :k, -1].numpy() > 0
+        return out
+
+    kept = []
+    for budget, keep in ((8192, False), (0, False), (8192, True)):  # held in memory, read lazily, kept
+        cfg = train_config_from_dict({**train_cfg, "memory_budget_mb": budget, "keep_other_identities": keep})
+        inp = prepare_inputs(manifest, cache, cfg, FACES_CONFIG, None)
+        assert inp.in_memory == (budget > 0)
+        want = shard_valid if keep else subject
+        assert (frame_valid(inp.train_ds, 0) == want).all() and (frame_valid(inp.val_ds, 0) == want).all()
+        assert inp.stats.count["visual"] == int(want.sum())
+        kept.append(inp.stats.keys["visual"])
+    assert kept[0] == kept[1] != kept[2], "masked and unmasked statistics must not share a stats cache file"
+
+    # a run records the setting; evaluate and predict (open_run_split) mask the same frames
+    run = tmp_path / "run"
+    train(manifest, cache, "concat", run, config={**FACES_CONFIG, "train": train_cfg})
+    info = open_run(run)
+    assert info.train.keep_other_identities is False
+    inputs, _stats = open_run_split(info, manifest, cache, "val", with_labels=True)
+    inputs.load(info.train.memory_budget_mb)
+    assert (inputs.raw["two_val"].valid["visual"] == subject).all()

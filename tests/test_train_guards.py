@@ -271,3 +271,71 @@ def test_only_frames_flagged_valid_must_be_finite() -> None:
         check_finite("t", "visual", x, np.array([True, False, True, True, True]))
     with pytest.raises(NonFiniteError, match=r"2 valid frame\(s\) \(first: frame 1\)"):
         check_finite("t", "visual", x, None)
+
+
+def test_resume_checks_the_shard_files_its_statistics_came_from(data: fc.FusionCache, tmp_path: Path) -> None:
+    """A shard rewritten under the same key after a run started: resume must not keep the old norm.npz."""
+    cache = _copy(data, tmp_path)
+    shard = open_cache(cache, read_manifest(data.manifest)).shard_path("tr1", "visual")
+    run = tmp_path / "run"
+    assert _train(data.manifest, cache, run, _config(tmp_path, data, epochs=1)).exit_code == 0
+    started = dict(np.load(run / "norm.npz"))
+    longer = _config(tmp_path, data, epochs=2)
+    row, old = _plant(shard, 6e4)  # other content, same key
+    msg = fc.one_line_error(_train(data.manifest, cache, run, longer, "--resume"))
+    assert f"{run}: shard files were rewritten since the run started" in msg and "(visual)" in msg, msg
+    assert len(fc.history(run)) == 1
+    # the same content again (a new mtime, as a copied cache would have): checked, equal, the run continues
+    _plant(shard, old)
+    resumed = _train(data.manifest, cache, run, longer, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(fc.history(run)) == 2
+    after = np.load(run / "norm.npz")
+    for name in started:
+        if name != "keys":
+            np.testing.assert_array_equal(after[name], started[name])
+    assert json.loads(str(after["keys"])) == json.loads((run / "config.json").read_text())["norm_stats"]
+
+
+def test_resume_without_norm_npz_saves_the_recomputed_statistics(data: fc.FusionCache, tmp_path: Path) -> None:
+    cache = _copy(data, tmp_path)
+    run = tmp_path / "run"
+    assert _train(data.manifest, cache, run, _config(tmp_path, data, epochs=1)).exit_code == 0
+    started = dict(np.load(run / "norm.npz"))
+    (run / "norm.npz").unlink()
+    resumed = _train(data.manifest, cache, run, _config(tmp_path, data, epochs=2), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    saved = np.load(run / "norm.npz")
+    for name in started:
+        np.testing.assert_array_equal(saved[name], started[name])
+    out = CliRunner().invoke(cli.main, ["evaluate", "--run", str(run), "--manifest", str(data.manifest),
+                                        "--cache", str(cache)])
+    assert out.exit_code == 0, out.output
+    # lost, and a shard file rewritten since: what the run trained with cannot be checked any more
+    (run / "norm.npz").unlink()
+    shard = open_cache(cache, read_manifest(data.manifest)).shard_path("tr0", "visual")
+    _plant(shard, _plant(shard, 1.0)[1])  # the same value back: only the file changed
+    msg = fc.one_line_error(_train(data.manifest, cache, run, _config(tmp_path, data, epochs=3), "--resume"))
+    assert "norm.npz is missing and the shard files changed since the run started" in msg
+    assert len(fc.history(run)) == 2
+
+
+def test_lazy_run_reads_label_shards_that_record_no_count(data: fc.FusionCache, tmp_path: Path) -> None:
+    """Read lazily, label shards without ``n_labelled_frames`` (another label stage, an older shard) are
+    read, not assumed labelled: a run without a labelled training frame stops before training."""
+    from pipeline import extract
+
+    cache = _copy(data, tmp_path)
+    rows = data.manifest.read_text().splitlines()
+    manifest = data.root / f"unlabelled_lazy_{tmp_path.name}.csv"
+    manifest.write_text("\n".join(",".join(r.split(",")[:3]) + "," if r.split(",")[2] == "train" else r
+                                  for r in rows) + "\n")
+    assert extract(manifest, cache=cache, stages=["labels"], scheduler="sync", progress=False).ok
+    reader = open_cache(cache, read_manifest(manifest))
+    for t in ("tr0", "tr1", "tr2"):
+        with h5py.File(reader.shard_path(t, "labels"), "r+") as h5:
+            del h5.attrs["n_labelled_frames"]
+    lazy = _config(tmp_path, data, epochs=1, memory_budget_mb=0)
+    msg = fc.one_line_error(_train(manifest, cache, tmp_path / "run", lazy))
+    assert "no labelled frame" in msg and "3 train trial(s)" in msg
+    assert not (tmp_path / "run").exists()

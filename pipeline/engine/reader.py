@@ -14,6 +14,12 @@ stage) the reader computes the recipe (`pipeline.engine.plan.recipe_of`) and:
 A shard from other settings is never returned: settings are in the recipe.
 Trials whose stage failed with an input verdict (no face, corrupt media) are
 reported as such (`unavailable`), so a trainer can skip them knowingly.
+
+With ``subject_only`` (the trainer's default), frames where the tracked face is
+someone else's (the faces shard's per-frame ``identity`` != 0; extracted with
+``faces.other_identities: keep``, the default) are invalid in every
+face-derived stage (`faces`, and any stage that reads it, directly or through
+another stage: `visual`): another person's face is not the subject's affect.
 """
 from __future__ import annotations
 
@@ -82,8 +88,10 @@ def _agrees(recorded: list[Any], at_hand: list[dict[str, Any] | None], mode: str
 class CacheReader:
     """Look up and load shards of a cache for the trials of a manifest and one config."""
 
-    def __init__(self, cache: str | Path, trials: list[Trial], config: dict[str, Any] | str | Path | None = None):
+    def __init__(self, cache: str | Path, trials: list[Trial], config: dict[str, Any] | str | Path | None = None,
+                 *, subject_only: bool = False):
         self.store = CacheStore(cache)
+        self.subject_only = subject_only  # see the module doc and `other_identity_frames`
         self.trials = {t.trial: t for t in trials}
         self.config = config
         self._stages = build_stages(config)
@@ -203,9 +211,38 @@ class CacheReader:
             feats = feats.reshape(feats.shape[0], -1)
         return feats, np.asarray(valid, dtype=bool)
 
+    def face_derived(self, stage: str) -> bool:
+        """Whether `stage` is `faces` or reads it, directly or through other stages (`visual` does)."""
+        seen: set[str] = set()
+        todo = [stage]
+        while todo:
+            name = todo.pop()
+            if name == "faces":
+                return True
+            if name not in seen:
+                seen.add(name)
+                todo.extend(self._stages[name].inputs)
+        return False
+
+    def other_identity_frames(self, trial: str) -> np.ndarray | None:
+        """Frames [n] bool where the faces shard tracked someone other than the subject (``identity`` != 0).
+
+        None when the shard records no identities: `aligned_faces` trials (their
+        images are the subject's own crops, so every valid frame counts as the
+        subject's) and faces shards written before identities were recorded;
+        their frames are then taken as the subject's, as they always were.
+        Frames without a face (identity -1) are invalid in face-derived stages anyway.
+        """
+        identity = read_shard(self.shard_path(trial, "faces")).extras.get("identity")
+        return None if identity is None else np.asarray(identity) != 0
+
     def load(self, trial: str, stages: Sequence[str]) -> TrialArrays:
-        """Arrays of `stages` for one trial, all on the probe's frame grid."""
-        self.require(list(stages), [trial])
+        """Arrays of `stages` for one trial, all on the probe's frame grid.
+
+        With `subject_only`, face-derived stages are invalid where `other_identity_frames` says so.
+        """
+        masked = [s for s in stages if self.subject_only and self.face_derived(s)]
+        self.require(list(stages) + (["faces"] if masked else []), [trial])
         probe = read_shard(self.shard_path(trial, "probe"))
         out = TrialArrays(trial, probe.frame, probe.time)
         for stage in stages:
@@ -215,13 +252,21 @@ class CacheReader:
             out.features[stage], out.valid[stage] = self._frame_arrays(stage, shard)
             out.keys[stage] = shard.key
             out.attrs[stage] = shard.attrs
+        others = self.other_identity_frames(trial) if masked else None
+        if others is not None:
+            if others.shape[0] != probe.n_frames:
+                raise MissingShardsError(f"{self.shard_path(trial, 'faces')}: {others.shape[0]} identity rows, "
+                                         f"probe has {probe.n_frames} frames")
+            for stage in masked:
+                out.valid[stage] = out.valid[stage] & ~others
         return out
 
 
 def open_cache(cache: str | Path, trials: list[Trial] | str | Path,
-               config: dict[str, Any] | str | Path | None = None) -> CacheReader:
-    """Reader over `cache` for the trials of a manifest (list or CSV path) and a config."""
+               config: dict[str, Any] | str | Path | None = None, *, subject_only: bool = False) -> CacheReader:
+    """Reader over `cache` for the trials of a manifest (list or CSV path) and a config (`subject_only`: see
+    the module doc)."""
     if not isinstance(trials, list):
         trials = read_manifest(trials)
-    return CacheReader(cache, trials, config)
+    return CacheReader(cache, trials, config, subject_only=subject_only)
 
