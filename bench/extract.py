@@ -173,7 +173,7 @@ def random_vggish(folder: Path) -> Path:
     """A torchvggish-layout checkpoint of a freshly initialised VGGish (loads through the real code)."""
     import torch
 
-    from pipeline import vggish as vg
+    from pipeline.models import vggish as vg
 
     ours_to_ck = {ours: ck for ck, ours in vg.CHECKPOINT_NAMES.items()}
     state = {f"{ours_to_ck[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in vg.VGGish().state_dict().items()}
