@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from ..engine.stage import StageError
-from .weights import WeightsSource, load_state_dict, sha256_file
+from .weight_files import VGGISH_WEIGHTS, vggish_hub_path
+from .weights import load_state_dict, sha256_file
 
 from .vggish_params import (  # noqa: F401  (the constants, re-exported: `vggish.SAMPLE_RATE` reads as before)
     EMBEDDING_DIM, EMBEDDINGS, F_MAX, F_MIN, FFT, HOP, LOG_OFFSET, N_MELS, PATCH_FRAMES, SAMPLE_RATE, WEIGHTS_ENV,
@@ -163,7 +164,7 @@ def _online() -> bool:
         return False
 
 
-WEIGHTS = WeightsSource("VGGish weights", f"download {WEIGHTS_URL}", stage="audio", env=WEIGHTS_ENV)
+WEIGHTS = VGGISH_WEIGHTS  # declared with the torch-free weight paths, so planning and loading agree
 
 
 def resolve_weights(path: str | os.PathLike | None, *, download: bool = True) -> Path:
@@ -172,7 +173,7 @@ def resolve_weights(path: str | os.PathLike | None, *, download: bool = True) ->
     named = WEIGHTS.named(path)
     if named is not None:
         return named
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+    cached = vggish_hub_path()
     if cached.is_file():
         return cached
     if download and _online():

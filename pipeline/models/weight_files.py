@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .vggish_params import WEIGHTS_ENV as VGGISH_ENV, WEIGHTS_FILE as VGGISH_FILE
+from .vggish_params import WEIGHTS_ENV as VGGISH_ENV, WEIGHTS_FILE as VGGISH_FILE, WEIGHTS_URL as VGGISH_URL
 from .weights import WeightsSource
 
 FACENET_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
@@ -23,6 +23,7 @@ FACENET_ENV = "AFFPIPE_FACENET_WEIGHTS"
 IR50_WEIGHTS = WeightsSource(
     "IR-50 weights", "download an IR-50 checkpoint trained on MS-Celeb-1M, e.g. face.evoLVe's "
     "'backbone_ir50_ms1m_epoch120.pth' (linked from github.com/ZhaoJ9014/face.evoLVe, 'Model Zoo')", stage="visual")
+VGGISH_WEIGHTS = WeightsSource("VGGish weights", f"download {VGGISH_URL}", stage="audio", env=VGGISH_ENV)
 ONET_WEIGHTS = WeightsSource("ONet weights", "reinstall facenet-pytorch==2.5.3, which ships them as "
                                              "facenet_pytorch/data/onet.pt", stage="visual", has_default=True)
 
@@ -96,9 +97,12 @@ def torch_hub_dir() -> Path:
     return torch_home() / "hub"
 
 
+def vggish_hub_path() -> Path:
+    """Where torch's hub (and so torchvggish's download) keeps the VGGish checkpoint."""
+    return torch_hub_dir() / "checkpoints" / VGGISH_FILE
+
+
 def vggish_weights_file(weights: str | None) -> Path | None:
     """The VGGish checkpoint `pipeline.models.vggish.resolve_weights` would use without downloading,
     when it exists: the setting, then $AFFPIPE_VGGISH_WEIGHTS, then torch's hub cache."""
-    explicit = weights or os.environ.get(VGGISH_ENV)
-    path = Path(explicit).expanduser() if explicit else torch_hub_dir() / "checkpoints" / VGGISH_FILE
-    return path if path.is_file() else None
+    return VGGISH_WEIGHTS.existing(weights, vggish_hub_path())
