@@ -179,6 +179,52 @@ def test_align_faces_rejects_nan_and_blanks_degenerate_landmarks():
     assert not crops[0].any() and crops[1].mean() > 150
 
 
+def _textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A frame with detail at every scale (noise plus gradients), so any misplaced sample shows."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), (xx + yy) % 256], axis=-1)
+    return ((base + rng.integers(0, 60, (h, w, 3))) % 256).astype(np.uint8)[None]
+
+
+@pytest.mark.parametrize("scale, shift", [(1.0, (300, 200)), (0.6, (500, 250)), (3.5, (640, 360)),
+                                          (5.0, (-150, 100)), (2.0, (1150, 650)), (1.3, (1500, 100))])
+def test_windowed_warp_matches_the_whole_frame_warp(scale, shift):
+    """Sampling only the face's window of the frame gives the whole-frame warp within one grey level,
+    for faces enlarged, shrunk (area prefilter), cut by every frame edge and off the frame entirely."""
+    frame = _textured(720, 1280)
+    t = template(112) - 56
+    rot = np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
+    marks = ((t @ rot.T) * scale + np.asarray(shift, float))[None]
+    windowed = align_faces(frame, marks, 112)
+    whole = align_faces(frame, marks, 112, crop_to_face=False)
+    diff = np.abs(windowed.astype(int) - whole.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    if shift == (1500, 100):  # the whole face lies right of the frame: black either way
+        assert not whole.any() and not windowed.any()
+    else:
+        assert whole.any()
+
+
+def test_windowed_warp_on_real_frames_and_index(shared_media):
+    """On decoded video with the stage's landmarks: within one grey level of the whole-frame warp in
+    under 0.1% of the values; `index` picks frames without copying them and gives the same crops."""
+    from pipeline.media.decode import iter_frames
+
+    video = shared_media / CLIPS[0]
+    out, probe = run_faces(video)
+    frames = np.concatenate([c for _, c in iter_frames(video, 32)])
+    pick = np.flatnonzero(out.valid[:32])
+    marks = out.extras["landmarks"][pick]
+    windowed = align_faces(frames, marks, 112, index=pick)
+    whole = align_faces(frames[pick], marks, 112, crop_to_face=False)
+    diff = np.abs(windowed.astype(int) - whole.astype(int))
+    assert len(pick) > 20 and diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    np.testing.assert_array_equal(windowed, align_faces(frames[pick], marks, 112))
+    with pytest.raises(ValueError, match="index"):
+        align_faces(frames, marks, 112, index=pick + 100)
+
+
 # --- the stage on real clips -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -98,17 +98,55 @@ def prefilter_factor(matrices: np.ndarray, max_factor: int = 8) -> np.ndarray:
     return np.clip(np.floor(1.0 / np.maximum(scale, 1e-6)), 1, max_factor).astype(np.int64)
 
 
-def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int = 32) -> np.ndarray:
-    """Warp uint8 frames [c,H,W,3] by forward matrices [c,2,3] into [c,size,size,3] (zeros outside).
+def _sample_windows(matrices: np.ndarray, size: int, factor: int, width: int, height: int) -> np.ndarray:
+    """Per transform, the block-aligned window of the frame its `size` x `size` output reads: [c, 4]
+    (x0, y0, x1, y1) in units of `factor`-pixel blocks, clipped to the frame's whole blocks.
 
+    Bilinear sampling reads the 2x2 blocks around each output pixel's source point, so
+    the window spans the source points of the output's corner pixels, one block more on
+    every side. Outside the window the frame is never read: pixels there get zero
+    weight, and outside the frame grid_sample's zero padding is what the window's zero
+    fill gives too. An empty window (x1 <= x0) means the face lies off the frame.
+    """
+    c = matrices.shape[0]
+    fwd = np.concatenate([matrices, np.tile([[[0.0, 0.0, 1.0]]], (c, 1, 1))], axis=1)
+    inv = np.linalg.inv(fwd)[:, :2, :]  # output pixel -> source pixel
+    corners = np.array([[0.0, 0.0], [size - 1.0, 0.0], [0.0, size - 1.0], [size - 1.0, size - 1.0]])
+    src = np.einsum("cij,kj->cki", inv[:, :, :2], corners) + inv[:, None, :, 2]  # [c, 4, 2]
+    blocks = (src - (factor - 1) / 2.0) / factor  # block j is centred on source pixel f*j + (f-1)/2
+    lo = np.floor(blocks.min(axis=1)) - 1
+    hi = np.floor(blocks.max(axis=1)) + 2
+    limit = np.array([width // factor, height // factor], dtype=np.float64)
+    lo = np.clip(lo, 0, limit)
+    hi = np.clip(hi, 0, limit)
+    return np.concatenate([lo, hi], axis=1).astype(np.int64)
+
+
+def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int = 32,
+                index: np.ndarray | None = None, crop_to_face: bool = True) -> np.ndarray:
+    """Warp uint8 frames by forward matrices [c,2,3] into [c,size,size,3] (zeros outside).
+
+    `frames` is [c,H,W,3], or with `index` any number of frames of which transform i
+    warps ``frames[index[i]]`` (so callers need not copy whole frames to pick faces).
     Bilinear sampling after an area prefilter where the face shrinks by more than
-    2x (`prefilter_factor`); processed `batch` frames at a time so memory stays
+    2x (`prefilter_factor`); processed `batch` faces at a time so memory stays
     bounded for large frames.
+
+    With `crop_to_face` only the window of the frame each face's output reads
+    (`_sample_windows`) is converted to float, pooled and sampled: at 720p that is
+    ~2% of the pixels, and converting whole frames was half of the visual stage's
+    time. grid_sample then sees the window's size instead of the frame's, so its
+    float32 coordinates round differently: crops differ from a whole-frame warp by
+    at most one grey level in a few pixels (tests/test_faces.py), which is why the
+    visual stage's version moved to 3. ``crop_to_face=False`` samples the whole
+    frame, the arithmetic faces' appearance signatures were computed with.
     """
     import torch
     import torch.nn.functional as F
 
-    c = frames.shape[0]
+    frames = np.asarray(frames)
+    c = matrices.shape[0]
+    index = np.arange(c) if index is None else np.asarray(index, dtype=np.int64)
     out = np.zeros((c, size, size, 3), dtype=np.uint8)
     if c == 0:
         return out
@@ -117,18 +155,36 @@ def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int 
     # degenerate landmarks (all points equal) give a singular transform: leave that crop black
     factors[np.abs(np.linalg.det(matrices[:, :, :2])) < 1e-12] = 0
     to_out = np.linalg.inv(_pixel_to_norm(size, size))
+    height, width = frames.shape[1:3]
     with torch.inference_mode():
         for f in np.unique(factors[factors > 0]):
+            f = int(f)
             group = np.flatnonzero(factors == f)
+            if crop_to_face:
+                windows = _sample_windows(matrices[group], size, f, width, height)
+            else:
+                windows = np.tile([0, 0, width // f, height // f], (len(group), 1))
             for i in range(0, len(group), batch):
-                sel = group[i:i + batch]
-                x = torch.from_numpy(np.require(frames[sel], requirements=("C", "W"))).permute(0, 3, 1, 2).float()
+                sel, win = group[i:i + batch], windows[i:i + batch]
+                keep = (win[:, 2] > win[:, 0]) & (win[:, 3] > win[:, 1])  # the others lie off the frame
+                sel, win = sel[keep], win[keep]
+                if not len(sel):
+                    continue
+                wb, hb = int((win[:, 2] - win[:, 0]).max()), int((win[:, 3] - win[:, 1]).max())
+                if crop_to_face:
+                    pixels = np.zeros((len(sel), hb * f, wb * f, 3), dtype=np.uint8)
+                    for j, (r, (x0, y0, x1, y1)) in enumerate(zip(index[sel], win)):
+                        pixels[j, :(y1 - y0) * f, :(x1 - x0) * f] = frames[r, y0 * f:y1 * f, x0 * f:x1 * f]
+                else:
+                    pixels = np.require(frames[index[sel]], requirements=("C", "W"))
+                x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
                 m = matrices[sel]
                 if f > 1:
-                    # block j of the pooled frame is centred on source pixel f*j + (f-1)/2
-                    x = F.avg_pool2d(x, int(f))
+                    x = F.avg_pool2d(x, f)
                     m = np.concatenate([m[:, :, :2] * f, m[:, :, 2:] + m[:, :, :2].sum(axis=2, keepdims=True)
                                         * (f - 1) / 2.0], axis=2)
+                if crop_to_face:  # window block (0, 0) is frame block (x0, y0)
+                    m = np.concatenate([m[:, :, :2], m[:, :, 2:] + m[:, :, :2] @ win[:, :2, None]], axis=2)
                 h, w = x.shape[-2:]
                 fwd = np.concatenate([m, np.tile([[[0.0, 0.0, 1.0]]], (len(sel), 1, 1))], axis=1)
                 theta = _pixel_to_norm(w, h)[None] @ np.linalg.inv(fwd) @ to_out[None]  # output -> input
@@ -139,20 +195,27 @@ def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int 
     return out
 
 
-def align_faces(frames: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """Align each frame's face onto the ArcFace template: uint8 [c,H,W,3] + [c,5,2] -> uint8 [c,size,size,3]."""
+def align_faces(frames: np.ndarray, landmarks: np.ndarray, size: int = 112, index: np.ndarray | None = None,
+                crop_to_face: bool = True) -> np.ndarray:
+    """Align faces onto the ArcFace template: uint8 [c,H,W,3] + [c,5,2] -> uint8 [c,size,size,3].
+
+    With `index`, landmarks[i] belong to ``frames[index[i]]`` (see `warp_affine`, also for `crop_to_face`).
+    """
     frames = np.asarray(frames)
     landmarks = np.asarray(landmarks, dtype=np.float64)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [c,H,W,3], got {frames.shape}")
-    if landmarks.shape != (frames.shape[0], 5, 2):
-        raise ValueError(f"landmarks must be [{frames.shape[0]},5,2], got {landmarks.shape}")
+    c = frames.shape[0] if index is None else len(index)
+    if landmarks.shape != (c, 5, 2):
+        raise ValueError(f"landmarks must be [{c},5,2], got {landmarks.shape}")
+    if index is not None and len(index) and (np.min(index) < 0 or np.max(index) >= frames.shape[0]):
+        raise ValueError(f"index must pick among {frames.shape[0]} frames")
     if not np.isfinite(landmarks).all():
         raise ValueError("landmarks contain NaN (align only frames whose face is valid)")
-    if frames.shape[0] == 0:
+    if c == 0:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     matrices = similarity_transform(landmarks, template(size))
-    return warp_affine(frames, matrices, size)
+    return warp_affine(frames, matrices, size, index=index, crop_to_face=crop_to_face)
 
 
 def transform_points(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -160,8 +223,11 @@ def transform_points(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.einsum("cij,ckj->cki", matrices[:, :, :2], points) + matrices[:, None, :, 2]
 
 
-def box_crops(frames: np.ndarray, boxes: np.ndarray, size: int = 160, margin: int = 14) -> np.ndarray:
+def box_crops(frames: np.ndarray, boxes: np.ndarray, size: int = 160, margin: int = 14,
+              index: np.ndarray | None = None) -> np.ndarray:
     """facenet-pytorch's MTCNN crop of each frame's box: uint8 [c,H,W,3] + [c,4] -> uint8 [c,size,size,3].
+
+    With `index`, boxes[i] belong to ``frames[index[i]]``.
 
     The same pixels as ``MTCNN(image_size=size, margin=margin, post_process=False)``
     returns for a PIL frame with that detection: ``extract_face`` widens the box by
@@ -176,12 +242,13 @@ def box_crops(frames: np.ndarray, boxes: np.ndarray, size: int = 160, margin: in
     boxes = np.asarray(boxes, dtype=np.float64)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [c,H,W,3], got {frames.shape}")
-    if boxes.shape != (frames.shape[0], 4):
-        raise ValueError(f"boxes must be [{frames.shape[0]},4], got {boxes.shape}")
+    index = np.arange(frames.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
+    if boxes.shape != (len(index), 4):
+        raise ValueError(f"boxes must be [{len(index)},4], got {boxes.shape}")
     if not np.isfinite(boxes).all() or (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
         raise ValueError("boxes must be finite with x2 > x1 and y2 > y1 (crop only frames whose face is valid)")
-    out = np.zeros((frames.shape[0], size, size, 3), dtype=np.uint8)
-    for i in range(frames.shape[0]):
-        face = extract_face(Image.fromarray(frames[i]), boxes[i], image_size=size, margin=margin)  # [3,S,S], 0..255
+    out = np.zeros((len(index), size, size, 3), dtype=np.uint8)
+    for i, r in enumerate(index):
+        face = extract_face(Image.fromarray(frames[r]), boxes[i], image_size=size, margin=margin)  # [3,S,S], 0..255
         out[i] = face.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return out

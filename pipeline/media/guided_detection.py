@@ -302,7 +302,9 @@ def face_signatures(onet: Any, frame: np.ndarray, landmarks: np.ndarray) -> np.n
     """
     from .align import align_faces
 
-    crops = align_faces(np.asarray(frame)[None].repeat(len(landmarks), axis=0), np.asarray(landmarks), 112)
+    # the whole-frame warp: signatures decide identities in faces shards, whose bytes must not move
+    crops = align_faces(np.asarray(frame)[None], np.asarray(landmarks), 112,
+                        index=np.zeros(len(landmarks), dtype=np.int64), crop_to_face=False)
     emb = onet.embed(crops).astype(np.float64)  # pipeline.models.backbones' "onet" LoadedBackbone
     inner = crops[:, 30:100, 24:88]
     hist = np.stack([np.concatenate([np.histogram(c[..., k], bins=16, range=(0, 256))[0] for k in range(3)])

@@ -48,7 +48,9 @@ class VisualStage(Stage):
 
     name = "visual"
     #: 2: facenet gets MTCNN box + margin crops (was the template warp); ir50 input is (x - 127.5) / 127.5.
-    version = 2
+    #: 3: template crops sample only the face's window of the frame (`pipeline.media.align.warp_affine`):
+    #:    at most one grey level apart from version 2's whole-frame warp, but not the same bytes.
+    version = 3
     inputs = ("probe", "faces")
     gpu_capable = True
 
@@ -145,11 +147,13 @@ class VisualStage(Stage):
         return StageOutput(features=features, valid=valid[start:stop].copy(),
                            attrs={"backbone": s.backbone, "weights": net.weights_id, "dim": net.spec.dim, **attrs})
 
-    def _crop(self, frames: np.ndarray, geometry: np.ndarray, size: int, crop: str) -> np.ndarray:
-        """The backbone's crops of `frames`: geometry is [c,5,2] landmarks (template) or [c,4] boxes (box)."""
+    def _crop(self, frames: np.ndarray, geometry: np.ndarray, size: int, crop: str,
+              index: np.ndarray | None = None) -> np.ndarray:
+        """The backbone's crops of `frames` (of frames[index]): geometry is [c,5,2] landmarks (template) or
+        [c,4] boxes (box)."""
         if crop == "box":
-            return box_crops(frames, geometry, size, int(self.settings.margin))
-        return align_faces(frames, geometry, size)
+            return box_crops(frames, geometry, size, int(self.settings.margin), index=index)
+        return align_faces(frames, geometry, size, index=index)
 
     def _video_chunks(self, trial: Trial, frames: tuple[int, int], valid: np.ndarray, geometry: np.ndarray,
                       size: int, crop: str, times: np.ndarray):
@@ -162,7 +166,7 @@ class VisualStage(Stage):
             seen = max(seen, start + len(chunk))
             idx = np.flatnonzero(valid[start:start + len(chunk)])
             rows = start + idx
-            yield rows, self._crop(chunk[idx], geometry[rows], size, crop)
+            yield rows, self._crop(chunk, geometry[rows], size, crop, index=idx)
         if seen < n:
             raise StageError("frame-count", f"{trial.video}: decoded {seen} frames, the probe counted {n}")
 
