@@ -195,11 +195,14 @@ print(json.dumps({{"wall": time.time() - t0, "ok": s.ok, "split": s.split, "stag
 
 
 def run_wall(manifest: Path, cache: Path, config: dict, stages: list[str], scheduler: str, workers: int | None,
-             split: int | None, repo: Path = REPO) -> dict:
-    """Wall clock of one whole `extract` in a fresh process (imports, worker start-up and all) of `repo`'s code."""
+             split: int | None, repo: Path = REPO, env: dict[str, str] | None = None) -> dict:
+    """Wall clock of one whole `extract` in a fresh process (imports, worker start-up and all) of `repo`'s code,
+    with `env` added to its environment."""
+    import os
+
     code = WALL_CHILD.format(repo=str(repo), manifest=str(manifest), cache=str(cache), config=config,
                              stages=stages, scheduler=scheduler, workers=workers, split=split)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **(env or {})})
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -211,16 +214,21 @@ LONG_STAGES = ["probe", "faces", "visual", "audio"]
 
 
 def long_video_rows(tmp: Path, seconds: float, split_frames: int, workers: int = 2) -> list[dict]:
-    """One long 720p video, 1 worker vs `workers` workers (frame-range parts, pipeline.engine.ranges), fresh caches."""
+    """One long 720p video, 1 worker vs `workers` workers (frame-range parts, pipeline.engine.ranges), fresh caches.
+
+    The first row is the shipped default (1 worker runs torch on every core: threads = cores / workers);
+    the last is 1 worker held to one core's torch threads (AFFPIPE_TORCH_THREADS=1), so the split's own
+    scaling shows apart from what intra-op threads already give one worker.
+    """
     v = make_720p(tmp / f"long_{int(seconds)}s.mp4", seconds)
     m = tmp / "long.csv"
     m.write_text(f"trial,video,split\nlong,{v},train\n")
     rows = []
-    for n in (1, workers):
+    for n, env in ((1, None), (workers, None), (1, {"AFFPIPE_TORCH_THREADS": "1"})):
         with tempfile.TemporaryDirectory() as cache:
-            r = run_wall(m, Path(cache), LONG_CONFIG, LONG_STAGES, "processes", n, split_frames)
-        rows.append({"workers": n, **r})
-        print(f"  long video {int(seconds)} s, {n} worker(s): {r}", flush=True)
+            r = run_wall(m, Path(cache), LONG_CONFIG, LONG_STAGES, "processes", n, split_frames, env=env)
+        rows.append({"workers": n, "one_thread": bool(env), **r})
+        print(f"  long video {int(seconds)} s, {n} worker(s){' x 1 torch thread' if env else ''}: {r}", flush=True)
     return rows
 
 
@@ -365,12 +373,14 @@ def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
                 m.write_text(f"trial,video,split\nv720,{v},train\n")
                 over += overlap_rows(tmp, f"720p30 {int(secs)}s", m, stage_list, baseline=args.baseline)
     if long_rows and all("wall" in r for r in long_rows):
-        one, many = long_rows[0], long_rows[-1]
+        one, many, single = long_rows
         print(f"\nlong video ({args.long_seconds:.0f} s 720p30, default settings, split "
               f"frames {args.split_frames}): 1 worker "
               f"{one['wall']:.1f} s, {many['workers']} workers {many['wall']:.1f} s: "
               f"{many['wall'] / one['wall']:.2f}x (target <= 0.6); split stages {many.get('split')}, "
               f"workers per stage {many.get('stage_workers')}")
+        print(f"  against 1 worker on one torch thread ({single['wall']:.1f} s): "
+              f"{many['wall'] / single['wall']:.2f}x (the split's own scaling, without intra-op threads)")
     for o in over:
         if o.get("e2e_wall") and o.get("faces_wall"):
             print(f"{o['set']} ({o['code']} code): faces alone (probe cached) {o['faces_wall']:.1f} s, every stage from nothing "

@@ -160,6 +160,34 @@ def _tiny_manifest(tmp_path: Path, shared_media: Path, clips: list[str], extra_r
     return m
 
 
+def test_torch_threads_per_worker_and_its_override(monkeypatch, tmp_path, shared_media):
+    """cores / workers by default; AFFPIPE_TORCH_THREADS overrides it on every scheduler; a bad value is
+    one line naming the variable, before anything is computed."""
+    from pipeline.engine.resources import configure_torch_threads, threads_per_worker
+
+    monkeypatch.delenv("AFFPIPE_TORCH_THREADS", raising=False)
+    cores = os.cpu_count() or 1
+    assert threads_per_worker(1) == cores and threads_per_worker(cores * 4) == 1
+    monkeypatch.setenv("AFFPIPE_TORCH_THREADS", "3")
+    assert threads_per_worker(1) == 3 and threads_per_worker(64) == 3
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        m = _tiny_manifest(tmp_path, shared_media, ["bbaf2n"])
+        extract(m, cache=tmp_path / "c", stages=["probe"], scheduler="sync", progress=False)
+        assert torch.get_num_threads() == 3  # the sync scheduler set this process's threads
+        for bad in ("0", "two", "-1"):
+            monkeypatch.setenv("AFFPIPE_TORCH_THREADS", bad)
+            res = CliRunner().invoke(cli.main, ["extract", "-m", str(m), "--cache", str(tmp_path / "c2"),
+                                                "--stages", "probe", "--scheduler", "sync"])
+            assert res.exit_code == 1 and "AFFPIPE_TORCH_THREADS must be a positive integer" in res.output
+            assert len(res.output.strip().splitlines()) == 1, res.output
+            assert not list((tmp_path / "c2").glob("shards/*/*.h5"))
+    finally:
+        configure_torch_threads(before)
+
+
 def test_broken_inputs_go_to_the_ledger_not_a_crash(tmp_path, shared_media):
     good = shared_media / "grid" / "bbaf2n.mpg"
     truncated = tmp_path / "truncated.mpg"

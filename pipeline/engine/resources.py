@@ -68,11 +68,24 @@ def resolve_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def threads_per_worker(workers_on_host: int = 1) -> int:
+    """Torch threads for each of `workers_on_host` workers sharing this machine's cores.
+
+    Cores / workers: oversubscribing cost ~35% here (2 workers x 2 threads on 2 cores).
+    ``AFFPIPE_TORCH_THREADS`` overrides it, for a machine shared with other work or to
+    time one core's worth per worker (bench/extract.py's long-video rows).
+    """
+    raw = os.environ.get("AFFPIPE_TORCH_THREADS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"AFFPIPE_TORCH_THREADS must be a positive integer, got {raw!r}")
+        return int(raw)
+    return max(1, (os.cpu_count() or 1) // max(1, workers_on_host))
+
+
 def configure_torch_threads(n_threads: int | None = None) -> int:
-    """Give torch cores / workers threads; oversubscription cost ~35% here (2 workers x 2 threads)."""
+    """Set this process's torch threads (default `threads_per_worker()`); returns what torch now uses."""
     import torch
 
-    if n_threads is None:
-        n_threads = int(os.environ.get("AFFPIPE_TORCH_THREADS", "0")) or max(1, os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n_threads))
+    torch.set_num_threads(max(1, n_threads if n_threads is not None else threads_per_worker()))
     return torch.get_num_threads()

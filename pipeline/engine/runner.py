@@ -23,6 +23,7 @@ from .config import build_stages, fingerprint_mode
 from .index import TrialIndex, file_stamp
 from ..sources.manifest import Trial, read_manifest
 from .plan import Task, make_plan, stage_order
+from .resources import threads_per_worker
 from .ranges import SPLIT_FRAMES, assemble_shard, compute_part, estimate_frames, n_parts, stage_align
 from .store import CacheStore
 from .worker import compute_shard
@@ -115,14 +116,14 @@ def distributed_client(scheduler: str, workers: int | None) -> Iterator[Any]:
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=40, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
             client = Client(cluster)
-            threads = max(1, (os.cpu_count() or 1) // n)
+            threads = threads_per_worker(n)
         else:
             cluster = None
             client = Client(scheduler, timeout="20s")
             hosts: dict[str, int] = {}
             for w in client.scheduler_info(n_workers=-1)["workers"].values():
                 hosts[w["host"]] = hosts.get(w["host"], 0) + 1
-            threads = None if not hosts else max(1, (os.cpu_count() or 1) // max(hosts.values()))
+            threads = None if not hosts else threads_per_worker(max(hosts.values()))
         try:
             client.register_plugin(_worker_plugin(threads), name="affpipe")
             yield client
@@ -251,6 +252,7 @@ def extract(manifest: str | Path | list[Trial], cache: str | Path = "cache",
     started = time.time()
     if scheduler not in ("processes", "threads", "sync") and not scheduler.startswith("tcp://"):
         raise ValueError(f"unknown scheduler {scheduler!r}: use processes, threads, sync or tcp://HOST:PORT")
+    threads_per_worker()  # a bad AFFPIPE_TORCH_THREADS is an error before any work, not in a worker
     trials = read_manifest(manifest) if not isinstance(manifest, list) else manifest
     stage_objs = build_stages(config)
     order = stage_order(stages, stage_objs)
@@ -442,7 +444,7 @@ def schedule(graph: TaskGraph, scheduler: str, workers: int | None, on_start: Ca
         from .resources import configure_torch_threads
 
         n = workers or (os.cpu_count() or 1)
-        configure_torch_threads(max(1, (os.cpu_count() or 1) // (n if scheduler == "threads" else 1)))
+        configure_torch_threads(threads_per_worker(n if scheduler == "threads" else 1))
         try:
             with _LocalProgress(on_start, on_result):
                 dask.compute(*graph.delayed, scheduler="synchronous" if scheduler == "sync" else "threads",
