@@ -233,15 +233,18 @@ def long_video_rows(tmp: Path, seconds: float, split_frames: int, workers: int =
 
 
 def overlap_rows(tmp: Path, name: str, manifest: Path, stages: list[str], workers: int = 2,
-                 baseline: Path | None = None) -> list[dict]:
+                 baseline: Path | None = None, repeat: int = 1) -> list[dict]:
     """Issue 12's ratio, as its numbers were taken: `extract --stages faces` (probe cached) vs a whole
     `extract` from an empty cache, both wall clock in a fresh process on `workers` processes.
 
+    `repeat` > 1 takes each measurement that many times, alternating the two, and reports
+    medians: on a quiet 2-core machine one pair of runs swung the 720p ratio from 0.74 to 0.91.
     With `baseline` (another checkout of affpipe) each measurement runs that code and this one at
     the same time, so on a shared, loaded machine both see the same load (one after the other,
     load swings made the ratios meaningless); the two runs also load each other, so compare
     the two ratios with each other, not with a quiet machine's.
     """
+    import statistics
     from concurrent.futures import ThreadPoolExecutor
 
     config = {"stages": {}}
@@ -253,21 +256,30 @@ def overlap_rows(tmp: Path, name: str, manifest: Path, stages: list[str], worker
                                           workers, 1800, repo) for label, repo in repos.items()}
             return {label: f.result() for label, f in futures.items()}
 
-    with tempfile.TemporaryDirectory() as root:
-        caches = {label: Path(root) / label for label in repos}
-        for c in caches.values():
-            c.mkdir()
-        each(["probe"], caches)
-        alone = each(["faces"], caches)
-    with tempfile.TemporaryDirectory() as root:
-        caches = {label: Path(root) / label for label in repos}
-        e2e = each(stages, caches)
+    runs: list[tuple[dict, dict]] = []
+    for _ in range(max(1, repeat)):
+        with tempfile.TemporaryDirectory() as root:
+            caches = {label: Path(root) / label for label in repos}
+            for c in caches.values():
+                c.mkdir()
+            each(["probe"], caches)
+            alone = each(["faces"], caches)
+        with tempfile.TemporaryDirectory() as root:
+            caches = {label: Path(root) / label for label in repos}
+            e2e = each(stages, caches)
+        runs.append((alone, e2e))
     out = []
     for label in repos:
-        a, e = alone[label], e2e[label]
-        out.append({"set": name, "code": label, "faces_wall": a.get("wall"), "e2e_wall": e.get("wall"),
-                    "workers": workers, "frames": a.get("frames"), "ok": e.get("ok") and a.get("ok"),
-                    "error": e.get("error") or a.get("error")})
+        alones = [a[label] for a, _ in runs]
+        e2es = [e[label] for _, e in runs]
+        errors = [r.get("error") for r in alones + e2es if r.get("error")]
+        walls = {k: [r["wall"] for r in rs if "wall" in r] for k, rs in (("faces", alones), ("e2e", e2es))}
+        out.append({"set": name, "code": label, "workers": workers, "repeat": len(runs),
+                    "faces_wall": statistics.median(walls["faces"]) if walls["faces"] else None,
+                    "e2e_wall": statistics.median(walls["e2e"]) if walls["e2e"] else None,
+                    "faces_walls": walls["faces"], "e2e_walls": walls["e2e"],
+                    "frames": alones[0].get("frames"), "ok": all(r.get("ok") for r in alones + e2es),
+                    "error": errors[0] if errors else None})
         print(f"  overlap {name}: {out[-1]}", flush=True)
     return out
 
@@ -290,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overlap", action="store_true",
                     help="also run every stage end to end on 2 workers and compare with each stage alone")
     ap.add_argument("--only-engine", action="store_true", help="only the --long-seconds / --overlap rows")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="--overlap: take each wall time this many times and report medians (3 on a quiet machine)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another affpipe checkout (e.g. `git archive main` unpacked): --overlap runs its code "
                          "too, at the same time as this checkout's, and prints both ratios from the one run")
@@ -365,13 +379,14 @@ def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
                 clips = sorted(args.media.glob("cremad/*.flv")) + sorted(args.media.glob("grid/*.mpg"))
                 m = tmp / "shared.csv"
                 m.write_text("trial,video,split\n" + "".join(f"{c.stem},{c},train\n" for c in clips))
-                over += overlap_rows(tmp, "shared clips", m, stage_list, baseline=args.baseline)
+                over += overlap_rows(tmp, "shared clips", m, stage_list, baseline=args.baseline, repeat=args.repeat)
             if not args.skip_720p:
                 secs = 20.0
                 v = make_720p(tmp / "overlap720.mp4", secs)
                 m = tmp / "overlap720.csv"
                 m.write_text(f"trial,video,split\nv720,{v},train\n")
-                over += overlap_rows(tmp, f"720p30 {int(secs)}s", m, stage_list, baseline=args.baseline)
+                over += overlap_rows(tmp, f"720p30 {int(secs)}s", m, stage_list, baseline=args.baseline,
+                                  repeat=args.repeat)
     if long_rows and all("wall" in r for r in long_rows):
         one, many, single = long_rows
         print(f"\nlong video ({args.long_seconds:.0f} s 720p30, default settings, split "
@@ -383,9 +398,11 @@ def engine_rows(args: argparse.Namespace, stages: list[str]) -> None:
               f"{many['wall'] / single['wall']:.2f}x (the split's own scaling, without intra-op threads)")
     for o in over:
         if o.get("e2e_wall") and o.get("faces_wall"):
+            runs = (f" (medians of {o['repeat']}: faces " + ", ".join(f"{w:.1f}" for w in o["faces_walls"])
+                    + "; every stage " + ", ".join(f"{w:.1f}" for w in o["e2e_walls"]) + ")") if o["repeat"] > 1 else ""
             print(f"{o['set']} ({o['code']} code): faces alone (probe cached) {o['faces_wall']:.1f} s, every stage from nothing "
                   f"{o['e2e_wall']:.1f} s on {o['workers']} workers: ratio {o['faces_wall'] / o['e2e_wall']:.2f} "
-                  f"(target >= 0.8)")
+                  f"(target >= 0.8){runs}")
         else:
             print(f"{o['set']} ({o['code']} code): failed: {o.get('error')}")
 
