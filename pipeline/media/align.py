@@ -133,9 +133,9 @@ def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int 
     bounded for large frames.
 
     With `crop_to_face` only the window of the frame each face's output reads
-    (`_sample_windows`) is converted to float, pooled and sampled: at 720p that is
-    ~2% of the pixels, and converting whole frames was half of the visual stage's
-    time. grid_sample then sees the window's size instead of the frame's, so its
+    (`_sample_windows`) is converted to float, pooled and sampled: the face and a
+    margin, a sixth of the frame for the bench's large 720p face, and converting whole
+    frames was about half of the visual stage's time at 720p. grid_sample then sees the window's size instead of the frame's, so its
     float32 coordinates round differently: crops differ from a whole-frame warp by
     at most one grey level in a few pixels (tests/test_faces.py), which is why the
     visual stage's version moved to 3. ``crop_to_face=False`` samples the whole
@@ -145,12 +145,12 @@ def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int 
     import torch.nn.functional as F
 
     frames = np.asarray(frames)
+    matrices = np.asarray(matrices, dtype=np.float64)
     c = matrices.shape[0]
     index = np.arange(c) if index is None else np.asarray(index, dtype=np.int64)
     out = np.zeros((c, size, size, 3), dtype=np.uint8)
     if c == 0:
         return out
-    matrices = np.asarray(matrices, dtype=np.float64)
     factors = prefilter_factor(matrices)
     # degenerate landmarks (all points equal) give a singular transform: leave that crop black
     factors[np.abs(np.linalg.det(matrices[:, :, :2])) < 1e-12] = 0
