@@ -2,7 +2,7 @@
 
     python bench/extract.py [--media ../shared/media] [--seconds 60] [--device cpu|cuda]
                             [--stages probe,faces] [--skip-720p]
-                            [--long-seconds 120 [--split-frames 1800]] [--overlap] [--only-engine]
+                            [--long-seconds 120 [--split-frames 1800]] [--overlap [--repeat 3]] [--only-engine]
 
 Each measurement runs in a fresh subprocess (so its peak RSS is its own) that
 extracts one stage, upstream stages being already cached. Two generated 720p
@@ -10,8 +10,8 @@ extracts one stage, upstream stages being already cached. Two generated 720p
 (it must not: decoding and processing happen in bounded chunks).
 
 `--long-seconds S` times one generated S-second 720p video end to end with 1 and 2 worker
-processes (wall clock, fresh caches): frame-range parts let both workers share it (issue 12:
-2 minutes, 2 workers <= 0.6x of 1). `--overlap` compares `extract --stages faces` (probe cached)
+processes, and with 1 worker on one torch thread (wall clock, fresh caches): frame-range parts
+let both workers share it (issue 12: 2 minutes, 2 workers <= 0.6x of 1). `--overlap` compares `extract --stages faces` (probe cached)
 with a whole extract from nothing on 2 workers, the ratio issue 12 asks to be >= 0.8.
 
 The `faces` row is the default (track-guided) detection; `faces:full-frame`
