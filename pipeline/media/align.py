@@ -98,6 +98,10 @@ def prefilter_factor(matrices: np.ndarray, max_factor: int = 8) -> np.ndarray:
     return np.clip(np.floor(1.0 / np.maximum(scale, 1e-6)), 1, max_factor).astype(np.int64)
 
 
+#: window sizes are rounded up to this many blocks (faces of about one size share a batch)
+WINDOW_QUANTUM = 8
+
+
 def _sample_windows(matrices: np.ndarray, size: int, factor: int, width: int, height: int) -> np.ndarray:
     """Per transform, the block-aligned window of the frame its `size` x `size` output reads: [c, 4]
     (x0, y0, x1, y1) in units of `factor`-pixel blocks, clipped to the frame's whole blocks.
@@ -134,15 +138,16 @@ def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int 
 
     With `crop_to_face` only the window of the frame each face's output reads
     (`_sample_windows`) is converted to float, pooled and sampled: the face and a
-    margin, a sixth of the frame for the bench's large 720p face, and converting whole
-    frames was about half of the visual stage's time at 720p. grid_sample then sees the window's size instead of the frame's, so its
-    float32 coordinates round differently: crops differ from a whole-frame warp by
-    at most one grey level in a few pixels (tests/test_faces.py), which is why the
-    visual stage's version moved to 3. ``crop_to_face=False`` samples the whole
+    margin, a sixth of the frame for the bench's large 720p face (converting whole
+    frames was about half of the visual stage's time at 720p). grid_sample then sees
+    the window's size, rounded up to `WINDOW_QUANTUM` blocks from the face's own
+    geometry alone (so a crop never depends on the faces batched with it), instead
+    of the frame's, so its float32 coordinates round differently: crops differ from
+    a whole-frame warp by at most one grey level in a few pixels (tests/test_faces.py),
+    which is why the visual stage's version moved to 3. ``crop_to_face=False`` samples the whole
     frame, the arithmetic faces' appearance signatures were computed with.
     """
     import torch
-    import torch.nn.functional as F
 
     frames = np.asarray(frames)
     matrices = np.asarray(matrices, dtype=np.float64)
@@ -164,34 +169,49 @@ def warp_affine(frames: np.ndarray, matrices: np.ndarray, size: int, batch: int 
                 windows = _sample_windows(matrices[group], size, f, width, height)
             else:
                 windows = np.tile([0, 0, width // f, height // f], (len(group), 1))
-            for i in range(0, len(group), batch):
-                sel, win = group[i:i + batch], windows[i:i + batch]
-                keep = (win[:, 2] > win[:, 0]) & (win[:, 3] > win[:, 1])  # the others lie off the frame
-                sel, win = sel[keep], win[keep]
-                if not len(sel):
-                    continue
-                wb, hb = int((win[:, 2] - win[:, 0]).max()), int((win[:, 3] - win[:, 1]).max())
-                if crop_to_face:
-                    pixels = np.zeros((len(sel), hb * f, wb * f, 3), dtype=np.uint8)
-                    for j, (r, (x0, y0, x1, y1)) in enumerate(zip(index[sel], win)):
-                        pixels[j, :(y1 - y0) * f, :(x1 - x0) * f] = frames[r, y0 * f:y1 * f, x0 * f:x1 * f]
-                else:
-                    pixels = np.require(frames[index[sel]], requirements=("C", "W"))
-                x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
-                m = matrices[sel]
-                if f > 1:
-                    x = F.avg_pool2d(x, f)
-                    m = np.concatenate([m[:, :, :2] * f, m[:, :, 2:] + m[:, :, :2].sum(axis=2, keepdims=True)
-                                        * (f - 1) / 2.0], axis=2)
-                if crop_to_face:  # window block (0, 0) is frame block (x0, y0)
-                    m = np.concatenate([m[:, :, :2], m[:, :, 2:] + m[:, :, :2] @ win[:, :2, None]], axis=2)
-                h, w = x.shape[-2:]
-                fwd = np.concatenate([m, np.tile([[[0.0, 0.0, 1.0]]], (len(sel), 1, 1))], axis=1)
-                theta = _pixel_to_norm(w, h)[None] @ np.linalg.inv(fwd) @ to_out[None]  # output -> input
-                grid = F.affine_grid(torch.from_numpy(theta[:, :2, :].astype(np.float32)),
-                                     [len(sel), 3, size, size], align_corners=False)
-                y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-                out[sel] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            extent = windows[:, 2:] - windows[:, :2]  # blocks wide, high
+            on_frame = (extent > 0).all(axis=1)  # the others lie off the frame: their crops stay black
+            # Each face's tensor size depends on its own window only (rounded up, to batch similar
+            # faces), so its crop never depends on which other faces share its batch or chunk.
+            padded = -(-extent // WINDOW_QUANTUM) * WINDOW_QUANTUM if crop_to_face else extent
+            for dims in np.unique(padded[on_frame], axis=0):
+                same = np.flatnonzero(on_frame & (padded == dims).all(axis=1))
+                wb, hb = int(dims[0]), int(dims[1])
+                for i in range(0, len(same), batch):
+                    sel, win = group[same[i:i + batch]], windows[same[i:i + batch]]
+                    out[sel] = _warp_batch(frames, index[sel], matrices[sel], win, (wb, hb), f, size,
+                                           to_out, crop_to_face)
+    return out
+
+
+def _warp_batch(frames: np.ndarray, rows: np.ndarray, matrices: np.ndarray, windows: np.ndarray,
+                blocks: tuple[int, int], f: int, size: int, to_out: np.ndarray, crop_to_face: bool) -> np.ndarray:
+    """One batch of `warp_affine`: faces whose windows fit `blocks` (wide, high) of `f`-pixel blocks."""
+    import torch
+    import torch.nn.functional as F
+
+    wb, hb = blocks
+    if crop_to_face:
+        pixels = np.zeros((len(rows), hb * f, wb * f, 3), dtype=np.uint8)
+        for j, (r, (x0, y0, x1, y1)) in enumerate(zip(rows, windows)):
+            pixels[j, :(y1 - y0) * f, :(x1 - x0) * f] = frames[r, y0 * f:y1 * f, x0 * f:x1 * f]
+    else:
+        pixels = np.require(frames[rows], requirements=("C", "W"))
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    m = matrices
+    if f > 1:
+        x = F.avg_pool2d(x, f)
+        m = np.concatenate([m[:, :, :2] * f, m[:, :, 2:] + m[:, :, :2].sum(axis=2, keepdims=True)
+                            * (f - 1) / 2.0], axis=2)
+    if crop_to_face:  # window block (0, 0) is frame block (x0, y0)
+        m = np.concatenate([m[:, :, :2], m[:, :, 2:] + m[:, :, :2] @ windows[:, :2, None]], axis=2)
+    h, w = x.shape[-2:]
+    fwd = np.concatenate([m, np.tile([[[0.0, 0.0, 1.0]]], (len(rows), 1, 1))], axis=1)
+    theta = _pixel_to_norm(w, h)[None] @ np.linalg.inv(fwd) @ to_out[None]  # output -> input
+    grid = F.affine_grid(torch.from_numpy(theta[:, :2, :].astype(np.float32)),
+                         [len(rows), 3, size, size], align_corners=False)
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
 
 
