@@ -212,7 +212,6 @@ def _warp_batch(frames: np.ndarray, rows: np.ndarray, matrices: np.ndarray, wind
                          [len(rows), 3, size, size], align_corners=False)
     y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return out
 
 
 def align_faces(frames: np.ndarray, landmarks: np.ndarray, size: int = 112, index: np.ndarray | None = None,
