@@ -123,7 +123,7 @@ class CacheInputs:
     @property
     def identity_masked(self) -> list[str]:
         """Feature stages whose frames of other people's faces are masked (none when the reader keeps them)."""
-        return [s for s in self.stages if self.reader.subject_only and self.reader.face_derived(s)]
+        return self.reader.masked_stages(self.stages)
 
     def load(self, memory_budget_mb: float, progress: LoadProgress | None = None,
              title: str = "loading trials") -> None:

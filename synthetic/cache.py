@@ -45,12 +45,15 @@ def write_synthetic_cache(cache: str | Path, trials: Sequence[Trial], lengths: d
     `lengths` gives each trial's frame count where no probe shard exists yet;
     with an existing probe shard its count wins. Returns shards written per stage.
     """
+    from pipeline.engine.config import build_stages
+    from pipeline.engine.plan import stage_order
     from pipeline.engine.reader import open_cache
     from pipeline.engine.shards import read_shard
 
     reader = open_cache(cache, list(trials), config)
     store = CacheStore(cache)
-    face_derived = "faces" not in dims and any(reader.face_derived(s) for s in dims)  # else written below
+    stage_objs = build_stages(config)
+    face_derived = "faces" not in dims and any("faces" in stage_order([s], stage_objs) for s in dims)  # else below
     written = {s: 0 for s in ["probe", "labels", *(["faces"] if face_derived else []), *dims]}
     rng_master = np.random.default_rng(seed)
     mixing = {s: rng_master.normal(0, 1, size=(2, d)).astype(np.float32) for s, d in dims.items()}

@@ -46,8 +46,9 @@ def _sampled_digest(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def _full_digest(path: Path) -> str:
-    with path.open("rb") as fh:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in blocks by the standard library, never whole into memory)."""
+    with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
@@ -61,7 +62,7 @@ def content_fingerprint(path: str | Path, mode: str = "sampled") -> dict[str, An
         listing = hashlib.sha256("\n".join(f"{n}\t{s}" for n, s in entries).encode()).hexdigest()
         return {"kind": "folder", "entries": len(entries), "listing": listing}
     size = p.stat().st_size
-    digest = _full_digest(p) if mode == "full" else _sampled_digest(p, size)
+    digest = sha256_file(p) if mode == "full" else _sampled_digest(p, size)
     return {"kind": "file", "size": size, mode: digest}
 
 

@@ -128,20 +128,14 @@ def task_key(stage: Stage, trial: Trial, upstream: dict[str, str], inputs: list[
     })
 
 
-def shard_is_sound(path: Path, stamp: list[int] | None, current: list[int] | None = None
-                   ) -> tuple[str, list[int] | None]:
+def shard_is_sound(path: Path, stamp: list[int] | None, current: list[int]) -> tuple[str, list[int] | None]:
     """("", new stamp or None when unchanged) for a sound shard, (problem, None) for a damaged one.
 
     A shard whose (size, mtime, ctime) equals the stamp recorded at its last full
     verification is trusted without reading it; otherwise every dataset is read,
-    which checks every checksum. `current`: the file's stamp, when the caller
-    has just taken it (one stat per shard is what a cached re-run costs).
+    which checks every checksum. `current`: the file's stamp, which the caller
+    has just taken (one stat per shard is what a cached re-run costs).
     """
-    if current is None:
-        try:
-            current = file_stamp(path)
-        except OSError as exc:
-            return f"cannot stat: {exc.strerror or exc}", None
     if stamp is not None and list(stamp) == current:
         return "", None
     problems = verify_shard(path)

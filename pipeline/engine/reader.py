@@ -211,18 +211,12 @@ class CacheReader:
             feats = feats.reshape(feats.shape[0], -1)
         return feats, np.asarray(valid, dtype=bool)
 
-    def face_derived(self, stage: str) -> bool:
-        """Whether `stage` is `faces` or reads it, directly or through other stages (`visual` does)."""
-        seen: set[str] = set()
-        todo = [stage]
-        while todo:
-            name = todo.pop()
-            if name == "faces":
-                return True
-            if name not in seen:
-                seen.add(name)
-                todo.extend(self._stages[name].inputs)
-        return False
+    def masked_stages(self, stages: Sequence[str]) -> list[str]:
+        """Those of `stages` whose frames of other people's faces `load` masks: with `subject_only`,
+        `faces` and every stage that reads it, directly or through others (`visual`)."""
+        if not self.subject_only:
+            return []
+        return [s for s in stages if "faces" in stage_order([s], self._stages)]
 
     def other_identity_frames(self, trial: str) -> np.ndarray | None:
         """Frames [n] bool where the faces shard tracked someone other than the subject (``identity`` != 0).
@@ -233,7 +227,11 @@ class CacheReader:
         their frames are then taken as the subject's, as they always were.
         Frames without a face (identity -1) are invalid in face-derived stages anyway.
         """
-        identity = read_shard(self.shard_path(trial, "faces")).extras.get("identity")
+        return self._others_in(read_shard(self.shard_path(trial, "faces")))
+
+    @staticmethod
+    def _others_in(faces: Any) -> np.ndarray | None:
+        identity = faces.extras.get("identity")
         return None if identity is None else np.asarray(identity) != 0
 
     def load(self, trial: str, stages: Sequence[str]) -> TrialArrays:
@@ -241,18 +239,23 @@ class CacheReader:
 
         With `subject_only`, face-derived stages are invalid where `other_identity_frames` says so.
         """
-        masked = [s for s in stages if self.subject_only and self.face_derived(s)]
+        masked = self.masked_stages(stages)
         self.require(list(stages) + (["faces"] if masked else []), [trial])
         probe = read_shard(self.shard_path(trial, "probe"))
         out = TrialArrays(trial, probe.frame, probe.time)
+        faces = None
         for stage in stages:
             shard = read_shard(self.shard_path(trial, stage))
+            if stage == "faces":
+                faces = shard
             if shard.n_frames != probe.n_frames:
                 raise MissingShardsError(f"{shard.path}: {shard.n_frames} frames, probe has {probe.n_frames}")
             out.features[stage], out.valid[stage] = self._frame_arrays(stage, shard)
             out.keys[stage] = shard.key
             out.attrs[stage] = shard.attrs
-        others = self.other_identity_frames(trial) if masked else None
+        others = None
+        if masked:  # the faces shard once, whether it was among `stages` or not
+            others = self._others_in(faces) if faces is not None else self.other_identity_frames(trial)
         if others is not None:
             if others.shape[0] != probe.n_frames:
                 raise MissingShardsError(f"{self.shard_path(trial, 'faces')}: {others.shape[0]} identity rows, "

@@ -23,12 +23,11 @@ from torch import nn
 
 from .backbone_specs import BACKBONES, BackboneSpec, get_spec  # noqa: F401  (re-exported)
 from ..engine.stage import StageError
-# sha256_file is re-exported: pipeline.stages.faces reads it from here
-from .weights import load_state_dict, sha256_file  # noqa: F401
-# where the weights are is answered without torch (planning asks once per trial); re-exported here
+from .weights import load_state_dict, sha256_file
+# where the weights are is answered without torch (planning asks once per trial); the FACENET_ names
+# are re-exported for the tests that set and name them
 from .weight_files import (FACENET_ENV, FACENET_FILE, FACENET_URL, IR50_WEIGHTS, ONET_WEIGHTS,  # noqa: F401
-                           facenet_cache_path, facenet_data_dir, facenet_weights, onet_weights_path,
-                           resolve_facenet_weights, weights_file)
+                           onet_weights_path, resolve_facenet_weights)
 
 RANDOM_SEED = 0
 

@@ -164,13 +164,10 @@ def _online() -> bool:
         return False
 
 
-WEIGHTS = VGGISH_WEIGHTS  # declared with the torch-free weight paths, so planning and loading agree
-
-
 def resolve_weights(path: str | os.PathLike | None, *, download: bool = True) -> Path:
     """Where the VGGish checkpoint is: the explicit path, then $AFFPIPE_VGGISH_WEIGHTS, then torch's
     hub cache (downloading into it only when online and `download`). Raises missing-weights."""
-    named = WEIGHTS.named(path)
+    named = VGGISH_WEIGHTS.named(path)
     if named is not None:
         return named
     cached = vggish_hub_path()
@@ -180,10 +177,10 @@ def resolve_weights(path: str | os.PathLike | None, *, download: bool = True) ->
         try:
             torch.hub.load_state_dict_from_url(WEIGHTS_URL, progress=False, map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - any network/HTTP failure means "not available"
-            raise WEIGHTS.missing(f"not found, and the download failed ({exc.__class__.__name__})", cached) from None
+            raise VGGISH_WEIGHTS.missing(f"not found, and the download failed ({exc.__class__.__name__})", cached) from None
         if cached.is_file():
             return cached
-    raise WEIGHTS.missing("not found", cached)
+    raise VGGISH_WEIGHTS.missing("not found", cached)
 
 
 def load_vggish(path: Path, device: str = "cpu", embedding: str = "linear") -> tuple[VGGish, str]:

@@ -16,13 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..engine.identity import sha256_file  # noqa: F401  (re-exported: the weights' identity)
 from ..engine.stage import StageError
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (read in blocks by the standard library, never whole into memory)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def memo_sha256(path: str | Path) -> str:

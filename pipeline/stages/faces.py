@@ -81,7 +81,7 @@ def mtcnn_weight_files() -> list[Path]:
 @functools.lru_cache(maxsize=1)
 def mtcnn_weights_id() -> str:
     """sha256 over the P-, R- and O-net weight files that ship inside facenet-pytorch."""
-    from ..models.backbones import sha256_file
+    from ..models.weights import sha256_file
 
     return hashlib.sha256("".join(sha256_file(f) for f in mtcnn_weight_files()).encode()).hexdigest()
 

@@ -98,7 +98,8 @@ class VisualStage(Stage):
                 "aligned_faces": trial.aligned_faces is not None}
 
     def _backbone(self):
-        from ..models.backbones import load_backbone, weights_file
+        from ..models.backbones import load_backbone
+        from ..models.weight_files import weights_file
 
         s = self.settings
         device = resolve_device(s.device)
