@@ -526,10 +526,6 @@ class WindowDataset(Dataset):
                 "mask": torch.from_numpy(mask), "inside": torch.from_numpy(inside),
                 "trial": torch.from_numpy(trial), "start": torch.from_numpy(starts)}
 
-    def input_dims(self, reader_dims: dict[str, int]) -> dict[str, int]:
-        """Model input width per modality (shard width, plus the valid channel)."""
-        return {m: reader_dims[s] + (1 if self.valid_channel else 0) for m, s in zip(self.modalities, self.stages)}
-
 
 def raise_batch_error(batch: dict[str, Any]) -> None:
     """Re-raise, in the main process, a `NonFiniteError` a DataLoader worker returned in place of a batch."""

@@ -171,6 +171,10 @@ class CacheInputs:
         return {"shard_keys": self.shard_keys(), "shard_files": files,
                 "masked_by": {s: masks for s in self.identity_masked}}
 
+    def input_dims(self, modalities: Sequence[str], cfg: TrainConfig) -> dict[str, int]:
+        """Model input width per modality: its stage's shard width, plus the valid channel."""
+        return {m: self.dims[cfg.stage_of(m)] + (1 if cfg.valid_channel else 0) for m in modalities}
+
     def dataset(self, split: str, modalities: Sequence[str], cfg: TrainConfig, stats: NormStats) -> WindowDataset:
         """The windows of `split`, normalised with `stats`, with labels when they were read."""
         ids = self.splits[split]
@@ -257,11 +261,12 @@ def open_run_split(run: RunInfo, manifest: str | Path, cache: str | Path, split:
                          cfg.label_stage if with_labels else None, warn=warn, strict=strict,
                          subject_only=not cfg.keep_other_identities)
     stats = run_norm_stats(run)
+    widths = inputs.input_dims(run.modalities, cfg)
     for m, s in zip(run.modalities, stages):
-        want = run.input_dims[m] - (1 if cfg.valid_channel else 0)
-        if inputs.dims[s] != want:
-            raise FusionError(f"{cache}: stage {s!r} has width {inputs.dims[s]}, the run was trained on {want} "
-                              "(different extraction settings?)")
+        if widths[m] != run.input_dims[m]:
+            extra = 1 if cfg.valid_channel else 0
+            raise FusionError(f"{cache}: stage {s!r} has width {widths[m] - extra}, the run was trained on "
+                              f"{run.input_dims[m] - extra} (different extraction settings?)")
     return inputs, stats
 
 

@@ -165,26 +165,37 @@ class Inputs:
     train_ds: WindowDataset
     val_ds: WindowDataset
     stats: NormStats
-    dims: dict[str, int]  # stage -> shard width
     input_dims: dict[str, int]  # modality -> model input width
-    keys: dict[str, dict[str, str]]  # stage -> trial -> shard key
     fold_label: str
 
     @property
     def in_memory(self) -> bool:
         return self.cache.in_memory
 
+    @property
+    def dims(self) -> dict[str, int]:
+        """stage -> shard width"""
+        return self.cache.dims
+
+    @property
+    def keys(self) -> dict[str, dict[str, str]]:
+        """stage -> trial -> shard key"""
+        return self.cache.shard_keys()
+
 
 def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, extract_config: dict[str, Any],
                    fold: int | None, *, fusion: str | None = None, bar: "_TrainProgress | None" = None,
                    expect_keys: dict | None = None, stats_path: Path | None = None,
-                   strict: bool = False) -> Inputs:
+                   expect_stats_keys: dict | None = None, strict: bool = False) -> Inputs:
     """Splits, shard checks, statistics and datasets of a run (also used by bench/train.py).
 
     Trials are held in memory when their estimated size fits `cfg.memory_budget_mb`,
     else every DataLoader worker opens its own reader and loads trials lazily.
     Trials with input verdicts in the ledger are skipped (or refused: `strict`).
-    `stats_path` is a resumed run's ``norm.npz``: see `_resumed_stats`.
+    `stats_path` is a resumed run's ``norm.npz``: see `_resumed_stats`. When it is gone,
+    `expect_stats_keys` (the keys the run recorded) must still match the shard files, which
+    is checked from file metadata before anything is loaded: otherwise the statistics the run
+    trained with cannot be recomputed, and the run is refused.
     """
     from pipeline.sources.manifest import read_manifest
 
@@ -194,8 +205,7 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     stages = [cfg.stage_of(m) for m in cfg.modalities]
     opened = open_inputs(trials, {"train": train_ids, "val": val_ids}, cache, extract_config, stages,
                          cfg.label_stage, warn=bar.warn, strict=strict, subject_only=not cfg.keep_other_identities)
-    dims = opened.dims
-    input_dims = {m: dims[s] + (1 if cfg.valid_channel else 0) for m, s in zip(cfg.modalities, stages)}
+    input_dims = opened.input_dims(cfg.modalities, cfg)
     if fusion is not None:  # a bad model config fails now, not after minutes of loading
         from .models import build_model
 
@@ -203,11 +213,14 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
             build_model(fusion, input_dims, cfg.window, cfg.model or None)
         except ValueError as exc:
             raise FusionError(str(exc)) from None
-    keys = opened.shard_keys()
-    if expect_keys is not None and expect_keys != keys:
+    if expect_keys is not None and expect_keys != opened.shard_keys():
         raise FusionError("cached features changed since the run started (different shards for the same "
                           "trials); start a new run")
     fold_label = "official" if fold is None else f"{cfg.n_folds}fold-{fold}"
+    norm_lost = stats_path is not None and not stats_path.is_file()
+    if norm_lost and expect_stats_keys and expect_stats_keys != opened.stats_keys("train", fold_label=fold_label):
+        raise FusionError("norm.npz is missing and the shard files changed since the run started: "
+                          "the statistics it trained with cannot be checked; start a new run")
     opened.load(cfg.memory_budget_mb, bar)
     if stats_path is not None and stats_path.is_file():
         stats = _resumed_stats(opened, stats_path, fold_label, bar)
@@ -217,7 +230,7 @@ def prepare_inputs(manifest: str | Path, cache: str | Path, cfg: TrainConfig, ex
     train_ds = opened.dataset("train", cfg.modalities, cfg, stats)
     val_ds = opened.dataset("val", cfg.modalities, cfg, stats)
     _check_learnable(opened, cfg, len(train_ds), bar.warn)
-    return Inputs(opened, train_ds, val_ds, stats, dims, input_dims, keys, fold_label)
+    return Inputs(opened, train_ds, val_ds, stats, input_dims, fold_label)
 
 
 def _resumed_stats(opened: CacheInputs, norm: Path, fold_label: str, bar: "_TrainProgress") -> NormStats:
@@ -299,21 +312,18 @@ def train(manifest: str | Path, cache: str | Path, fusion: str, out: str | Path,
 
     # on resume the shards read must still be the ones the run started on
     saved = json.loads((out / "config.json").read_text(encoding="utf-8")) if resuming else {}
-    norm_found = (out / "norm.npz").is_file()  # resuming without it: recomputed below, and saved again
     dev = torch.device(resolve_device(cfg.device))
     with _TrainProgress(progress) as bar:
         try:
             inp = prepare_inputs(manifest, cache, cfg, extract_config, fold, fusion=fusion, bar=bar,
                                  expect_keys=saved.get("shard_keys") if resuming else None,
-                                 stats_path=out / "norm.npz" if resuming else None, strict=strict)
+                                 stats_path=out / "norm.npz" if resuming else None,
+                                 expect_stats_keys=saved.get("norm_stats"), strict=strict)
         except FusionError as exc:
             if resuming and "changed since the run started" in str(exc):
                 raise FusionError(f"{out}: {exc}") from None
             raise
         train_ds, val_ds, stats = inp.train_ds, inp.val_ds, inp.stats
-        if resuming and saved.get("norm_stats") and saved["norm_stats"] != stats.keys and not norm_found:
-            raise FusionError(f"{out}: norm.npz is missing and the shard files changed since the run started: "
-                              "the statistics it trained with cannot be checked; start a new run")
         train_ids, val_ids = train_ds.trial_ids, val_ds.trial_ids
         input_dims, dims, keys, fold_label = inp.input_dims, inp.dims, inp.keys, inp.fold_label
 
